@@ -1,0 +1,26 @@
+# One virtual environment per checkout; every target installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PIP := $(VENV)/bin/pip
+PY := $(VENV)/bin/python
+
+.PHONY: setup test model-size clean
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Two workers: CI and the reference machine have two cores.
+test: setup
+	$(PY) -m pytest -n 2 --durations=15 tests
+
+model-size: setup
+	for c in configs/2spk.py configs/6spk.py; do for v in smoke lite full; do \
+	  $(PY) experiments/model_size.py --config=$$c:$$v; done; done
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,39 @@
+"""avsep_jax: audio-visual speech separation in JAX/Flax."""
+
+import setuptools
+
+# CPU machines run Python 3.11, where pip resolves jax 0.10.x; these pins are the
+# versions whose APIs the code was checked against (see DESIGN.md, Platforms).
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.12",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "ml_collections>=1.1",
+    "absl-py>=2.1",
+    "chex>=0.1.90",
+    "einops>=0.8",
+    "numpy>=2.0",
+]
+
+EXTRAS_REQUIRE = {
+    # Independent references the tests compare against, and the test runner.
+    "dev": [
+        "pytest>=8",
+        "pytest-xdist>=3.6",
+        "librosa==0.11.0",
+        "fast_bss_eval==0.1.4",
+        "mir_eval==0.8.2",
+        "ott-jax==0.6.0",
+        "scipy>=1.13",
+    ],
+}
+
+setuptools.setup(
+    name="avsep_jax",
+    version="0.1.0",
+    description="Audio-visual speech separation in JAX/Flax",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["avsep_jax", "avsep_jax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
