@@ -1,0 +1,158 @@
+"""AVSeparator: mixture + one mouth video per speaker -> one waveform per speaker.
+
+    mixture -> STFT -> AudioEncoder ----------------------.
+                                                          |- Fusion -> SeparationDecoder
+    mouth ROIs -> VisualEncoder -> (align to audio) ------'        -> masks x STFT scales
+                                                                   -> iSTFT | Griffin-Lim
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from avsep_jax import signal
+from avsep_jax.model import audio as audio_lib
+from avsep_jax.model import decoder as decoder_lib
+from avsep_jax.model import fusion as fusion_lib
+from avsep_jax.model import layers
+from avsep_jax.model import visual as visual_lib
+
+PHASES = ("mixture", "griffin_lim")
+
+
+def check_inputs(config, mixture, video, speaker_mask, sample_rate=None):
+  """Raises ValueError naming the problem when inputs break the model's contract.
+
+  Args:
+    config: `config.model`.
+    mixture: (B, T) float.
+    video: (B, S, F, H, W) mouth ROIs, S <= config.num_speakers.
+    speaker_mask: (B, S) bool.
+    sample_rate: the caller's sample rate, if known; must equal config.sample_rate.
+  """
+  if sample_rate is not None and sample_rate != config.sample_rate:
+    raise ValueError(f"audio must be sampled at {config.sample_rate} Hz, got "
+                     f"{sample_rate} Hz; resample it first")
+  if mixture.ndim != 2:
+    raise ValueError(f"mixture must have rank 2 (B, T), got shape {mixture.shape}")
+  if video.ndim != 5:
+    raise ValueError(f"video must have rank 5 (B, S, F, H, W), got shape {video.shape}")
+  if speaker_mask.ndim != 2:
+    raise ValueError(f"speaker_mask must have rank 2 (B, S), got shape "
+                     f"{speaker_mask.shape}")
+  b, t = mixture.shape
+  _, s, f, h, w = video.shape
+  if video.shape[0] != b or speaker_mask.shape != (b, s):
+    raise ValueError(f"batch/speaker dims disagree: mixture {mixture.shape}, video "
+                     f"{video.shape}, speaker_mask {speaker_mask.shape}")
+  if not 1 <= s <= config.num_speakers:
+    raise ValueError(f"video has {s} speaker slots; this model has 1..."
+                     f"{config.num_speakers}")
+  if (h, w) != (config.roi_size, config.roi_size):
+    raise ValueError(f"mouth ROIs must be {config.roi_size}x{config.roi_size}, got "
+                     f"{h}x{w}")
+  min_len = max(n_fft for n_fft, _, _ in config.stft_scales)
+  if t < min_len:
+    raise ValueError(f"mixture has {t} samples; at least {min_len} are needed")
+  expected = t * config.video_fps / config.sample_rate
+  if abs(f - expected) > 1:
+    raise ValueError(
+        f"video has {f} frames but {t} samples at {config.sample_rate} Hz need "
+        f"{expected:.1f} frames at {config.video_fps} fps (+/- 1)")
+
+
+def _window_in_video_frames(window, audio_frames_per_video_frame):
+  if window is None:
+    return None
+  return tuple(math.ceil(w / audio_frames_per_video_frame) for w in window)
+
+
+class AVSeparator(nn.Module):
+  """The audio-visual separation model (ADR-0001).
+
+  Attributes:
+    config: `config.model` (see `avsep_jax.model.variants`).
+  """
+
+  config: Any
+
+  @nn.compact
+  def __call__(self, mixture, video, speaker_mask, train=False, sample_rate=None):
+    """Separate one voice per speaker slot.
+
+    Args:
+      mixture: (B, T) float32 waveform at `config.sample_rate`.
+      video: (B, S, F, H, W) uint8 mouth ROIs at `config.video_fps`, S <= num_speakers.
+      speaker_mask: (B, S) bool, False for padded (absent) slots.
+      train: enables dropout (needs a 'dropout' rng).
+      sample_rate: optional; checked against `config.sample_rate`.
+
+    Returns:
+      waveforms (B, S, T) float32 (zeros in padded slots) and an aux dict:
+        masks: {str(n_fft): (B, S, T_k, n_fft // 2 + 1)} per STFT scale;
+        scale_waveforms: (B, K, S, T), one reconstruction per scale (their mean is
+          the output);
+        alignment: (B, S, T_audio, F) video-to-audio alignment weights;
+        audio_tokens: (B, T_audio, d), speaker_tokens: (B, S, T_audio, d) (fused).
+    """
+    cfg = self.config
+    check_inputs(cfg, mixture, video, speaker_mask, sample_rate)
+    if cfg.phase not in PHASES:
+      raise ValueError(f"phase must be one of {PHASES}, got {cfg.phase!r}")
+    window = None if cfg.attention_window is None else tuple(cfg.attention_window)
+    opts = layers.LayerOptions(
+        attention_impl=cfg.attention_impl, causal=cfg.causal, window=window,
+        dropout_rate=cfg.dropout_rate, deterministic=not train, remat=cfg.remat,
+        dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    scales = tuple(tuple(s) for s in cfg.stft_scales)
+    _, _, main_hop = scales[0]
+    num_samples = mixture.shape[1]
+    speaker_mask = speaker_mask.astype(bool)
+
+    # Signal processing stays in float32 whatever the compute dtype: bf16's 8-bit
+    # mantissa would cost tens of dB of reconstruction accuracy.
+    mixture = mixture.astype(jnp.float32)
+    specs = [signal.stft(mixture, *scale) for scale in scales]
+
+    audio = audio_lib.AudioEncoder(cfg.audio, opts, name="audio_encoder")(specs[0])
+    frames_per_video = cfg.sample_rate / cfg.video_fps / main_hop
+    video_opts = dataclasses.replace(
+        opts, window=_window_in_video_frames(window, frames_per_video))
+    video_tokens = visual_lib.VisualEncoder(cfg.visual, video_opts,
+                                            name="visual_encoder")(video)
+    audio, streams, weights = fusion_lib.Fusion(
+        cfg.fusion, main_hop, cfg.sample_rate, cfg.video_fps, opts, name="fusion")(
+            audio, video_tokens, speaker_mask)
+    masks = decoder_lib.SeparationDecoder(cfg.decoder, scales, opts, name="decoder")(
+        streams, audio, speaker_mask, num_samples)
+
+    keep = speaker_mask[:, :, None].astype(jnp.float32)
+    scale_waves = jnp.stack([
+        self._reconstruct(spec, mask, scale, num_samples) * keep
+        for spec, mask, scale in zip(specs, masks, scales)], axis=1)
+    aux = {
+        "masks": {str(scale[0]): m for scale, m in zip(scales, masks)},
+        "scale_waveforms": scale_waves,
+        "alignment": weights,
+        "audio_tokens": audio,
+        "speaker_tokens": streams,
+    }
+    return scale_waves.mean(axis=1), aux
+
+  def _reconstruct(self, spec, mask, scale, num_samples):
+    """Masked mixture STFT (B, T_k, F) x (B, S, T_k, F) -> (B, S, T) waveforms."""
+    n_fft, win_length, hop_length = scale
+    if self.config.phase == "mixture":
+      return signal.istft(mask * spec[:, None], n_fft, win_length, hop_length,
+                          length=num_samples)
+    # Griffin-Lim starts from the mixture phase: it converges in far fewer iterations
+    # than from random phase and needs no rng at inference.
+    magnitude = mask * jnp.abs(spec)[:, None]
+    init_phase = jnp.broadcast_to(jnp.angle(spec)[:, None], magnitude.shape)
+    return signal.griffin_lim(
+        magnitude, n_fft=n_fft,
+        win_length=win_length, hop_length=hop_length, length=num_samples,
+        n_iter=self.config.griffin_lim_iters, init_phase=init_phase)

@@ -1,0 +1,71 @@
+"""Model sizes: `full` (the ADR's dimensions), `lite` (CPU training and serving) and
+`smoke` (tiny, for tests). `configs/*.py` put one of these under `config.model`."""
+
+import ml_collections
+
+from avsep_jax import signal
+
+VARIANTS = ("full", "lite", "smoke")
+
+# (n_fft, win_length, hop_length); the first is the token scale (100 frames/s).
+STFT_SCALES = signal.SCALES
+
+# MobileFaceNet (Chen et al. 2018) stages: (expansion, channels, repeats, stride).
+_MOBILEFACENET_BLOCKS = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2),
+                         (2, 128, 2, 1))
+
+
+def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections.ConfigDict:
+  """The `config.model` ConfigDict of one variant with `num_speakers` slots."""
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown model variant {variant!r}; choose from {VARIANTS}")
+  c = ml_collections.ConfigDict()
+  c.num_speakers = num_speakers
+  c.sample_rate = 16_000
+  c.video_fps = 25
+  c.roi_size = 88
+  c.stft_scales = STFT_SCALES
+  c.phase = "mixture"            # or "griffin_lim"
+  c.griffin_lim_iters = 32
+  c.dtype = "float32"            # compute dtype; params stay in param_dtype
+  c.param_dtype = "float32"
+  c.attention_impl = "xla"       # or "cudnn"
+  c.attention_window = None      # (left, right) in audio frames, or None
+  c.causal = False
+  c.remat = "none"               # "none" | "full" | "dots"
+  c.dropout_rate = 0.1
+
+  c.audio = ml_collections.ConfigDict(dict(
+      cnn_channels=(32, 32, 64, 64), d_model=512, num_layers=8, num_heads=8,
+      mlp_dim=2048, phase_features=True))
+  c.visual = ml_collections.ConfigDict(dict(
+      stem_channels=64, stem_kernel=(5, 7, 7), trunk_stem_channels=64,
+      trunk_blocks=_MOBILEFACENET_BLOCKS, trunk_out_channels=512, embed_dim=256,
+      d_model=256, num_layers=6, num_heads=8, mlp_dim=1024))
+  c.fusion = ml_collections.ConfigDict(dict(
+      alignment="soft_dtw", dtw_gamma=0.1, dtw_band=3, align_dim=64,
+      num_layers=2, num_heads=8, mlp_dim=2048))
+  c.decoder = ml_collections.ConfigDict(dict(num_layers=4, num_heads=8, mlp_dim=2048))
+
+  if variant == "full":
+    c.dtype = "bfloat16"
+  elif variant == "lite":
+    c.audio.update(cnn_channels=(16, 16, 32, 32), d_model=256, num_layers=4,
+                   num_heads=4, mlp_dim=1024)
+    c.visual.update(stem_channels=16, trunk_stem_channels=32,
+                    trunk_blocks=((2, 32, 2, 2), (4, 64, 1, 2), (2, 64, 2, 1),
+                                  (4, 64, 1, 2)),
+                    trunk_out_channels=256, embed_dim=128, d_model=128, num_layers=2,
+                    num_heads=4, mlp_dim=512)
+    c.fusion.update(align_dim=32, num_layers=1, num_heads=4, mlp_dim=1024)
+    c.decoder.update(num_layers=2, num_heads=4, mlp_dim=1024)
+  elif variant == "smoke":
+    c.dropout_rate = 0.0
+    c.audio.update(cnn_channels=(4, 8), d_model=32, num_layers=1, num_heads=2,
+                   mlp_dim=64)
+    c.visual.update(stem_channels=4, stem_kernel=(3, 5, 5), trunk_stem_channels=8,
+                    trunk_blocks=((2, 8, 1, 2), (2, 16, 1, 2)), trunk_out_channels=32,
+                    embed_dim=16, d_model=16, num_layers=1, num_heads=2, mlp_dim=32)
+    c.fusion.update(align_dim=8, num_layers=1, num_heads=2, mlp_dim=64)
+    c.decoder.update(num_layers=1, num_heads=2, mlp_dim=64)
+  return c

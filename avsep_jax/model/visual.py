@@ -1,0 +1,145 @@
+"""Visual encoder: mouth ROIs -> 3D conv lip-motion stem -> MobileFaceNet -> transformer.
+
+Every speaker slot is encoded independently (speakers folded into the batch), so one
+slot's video never influences another's tokens here.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from avsep_jax.model import layers
+from avsep_jax.model import transformer
+
+Dtype = Any
+
+# Mean and spread of 8-bit grey levels after /255; centres the input near zero.
+_PIXEL_MEAN, _PIXEL_STD = 0.45, 0.25
+
+
+def _conv_init(ndim):
+  return nn.with_logical_partitioning(
+      nn.initializers.lecun_normal(),
+      (None,) * ndim + (layers.CONV_IN, layers.CONV_OUT))
+
+
+class ConvNormAct(nn.Module):
+  """Conv -> LayerNorm over channels -> PReLU (or no activation when `linear`).
+
+  LayerNorm per pixel stands in for MobileFaceNet's BatchNorm: batch statistics would
+  mix speaker slots (and padded ones) across the batch.
+  """
+
+  features: int
+  kernel: tuple[int, ...]
+  strides: tuple[int, ...] | None = None
+  groups: int = 1
+  linear: bool = False
+  padding: str = "SAME"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """(N, ..., C_in) -> (N, ..., features)."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = nn.Conv(self.features, self.kernel, strides=self.strides, padding=self.padding,
+                feature_group_count=self.groups, use_bias=False,
+                kernel_init=_conv_init(len(self.kernel)), name="conv", **kw)(x)
+    x = layers.layer_norm(name="ln", **kw)(x)
+    if self.linear:
+      return x
+    return nn.PReLU(param_dtype=self.param_dtype, name="prelu")(x)
+
+
+class Bottleneck(nn.Module):
+  """MobileNetV2 inverted residual: 1x1 expand, 3x3 depthwise, 1x1 linear project."""
+
+  expansion: int
+  features: int
+  stride: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """(N, H, W, C) -> (N, H/stride, W/stride, features)."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    hidden = x.shape[-1] * self.expansion
+    h = ConvNormAct(hidden, (1, 1), name="expand", **kw)(x)
+    h = ConvNormAct(hidden, (3, 3), strides=(self.stride,) * 2, groups=hidden,
+                    name="depthwise", **kw)(h)
+    h = ConvNormAct(self.features, (1, 1), linear=True, name="project", **kw)(h)
+    if self.stride == 1 and x.shape[-1] == self.features:
+      h = h + x
+    return h
+
+
+class MobileFaceNet(nn.Module):
+  """MobileFaceNet trunk (Chen et al. 2018) applied to each frame.
+
+  Attributes:
+    stem_channels: the first 3x3/2 conv and the 3x3 depthwise conv after it.
+    blocks: ((expansion, channels, repeats, stride), ...) bottleneck stages.
+    out_channels: the 1x1 conv before the global depthwise conv.
+    embed_dim: size of the per-frame embedding.
+  """
+
+  stem_channels: int
+  blocks: tuple[tuple[int, int, int, int], ...]
+  out_channels: int
+  embed_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """(N, H, W, C) frames -> (N, embed_dim)."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = ConvNormAct(self.stem_channels, (3, 3), strides=(2, 2), name="conv1", **kw)(x)
+    x = ConvNormAct(self.stem_channels, (3, 3), groups=self.stem_channels,
+                    name="dwconv1", **kw)(x)
+    for i, (t, c, n, s) in enumerate(self.blocks):
+      for j in range(n):
+        x = Bottleneck(t, c, s if j == 0 else 1, name=f"stage{i}_{j}", **kw)(x)
+    x = ConvNormAct(self.out_channels, (1, 1), name="conv_out", **kw)(x)
+    # Global depthwise conv: a learned spatial weighting instead of average pooling,
+    # so the mouth's position inside the ROI still matters.
+    x = ConvNormAct(self.out_channels, x.shape[1:3], groups=self.out_channels,
+                    padding="VALID", linear=True, name="gdconv", **kw)(x)
+    x = x.reshape(x.shape[0], -1)
+    return layers.dense(self.embed_dim, (layers.CONV_OUT, layers.EMBED),
+                        name="embedding", **kw)(x)
+
+
+class VisualEncoder(nn.Module):
+  """Mouth ROI video -> per-speaker visual tokens at the video frame rate.
+
+  Attributes:
+    config: `config.model.visual` (stem_channels, stem_kernel, trunk_*, d_model,
+      num_layers, num_heads, mlp_dim).
+    opts: shared layer options; `opts.window` is in video frames.
+  """
+
+  config: Any
+  opts: layers.LayerOptions = layers.LayerOptions()
+
+  @nn.compact
+  def __call__(self, video):
+    """(B, S, F, H, W) uint8 (or float in [0, 255]) -> (B, S, F, d_model)."""
+    cfg, kw = self.config, self.opts.kw
+    b, s, f, h, w = video.shape
+    x = (video.astype(jnp.float32) / 255.0 - _PIXEL_MEAN) / _PIXEL_STD
+    x = x.reshape(b * s, f, h, w, 1).astype(self.opts.dtype)
+    # The 3D stem sees several frames at once: lip motion, not only lip shape.
+    x = ConvNormAct(cfg.stem_channels, tuple(cfg.stem_kernel), strides=(1, 2, 2),
+                    name="stem3d", **kw)(x)
+    x = x.reshape((b * s * f,) + x.shape[2:])
+    x = MobileFaceNet(cfg.trunk_stem_channels, tuple(map(tuple, cfg.trunk_blocks)),
+                      cfg.trunk_out_channels, cfg.embed_dim, name="trunk", **kw)(x)
+    x = x.reshape(b * s, f, cfg.embed_dim)
+    x = layers.dense(cfg.d_model, (None, layers.EMBED), name="proj", **kw)(x)
+    x = transformer.Encoder(cfg.num_layers, cfg.num_heads, cfg.mlp_dim, self.opts,
+                            name="transformer")(x)
+    return x.reshape(b, s, f, cfg.d_model)

@@ -1,0 +1,83 @@
+"""The attention module against a plain-NumPy softmax attention."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from avsep_jax.model import attention
+
+
+def numpy_attention(q, k, v, allowed):
+  """q (B,Tq,H,D), k/v (B,Tk,H,D), allowed (B,H,Tq,Tk) bool; all-masked rows -> 0."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  scores = np.where(allowed, scores, -np.inf)
+  m = np.max(scores, axis=-1, keepdims=True)
+  m = np.where(np.isfinite(m), m, 0.0)
+  p = np.where(allowed, np.exp(scores - m), 0.0)
+  denom = p.sum(-1, keepdims=True)
+  p = np.divide(p, denom, out=np.zeros_like(p), where=denom > 0)
+  return np.einsum("bhqk,bkhd->bqhd", p, v)
+
+
+def allowed_mask(b, h, tq, tk, key_mask=None, causal=False, window=None):
+  i = np.arange(tq)[:, None]
+  j = np.arange(tk)[None, :]
+  ok = np.ones((b, h, tq, tk), bool)
+  if key_mask is not None:
+    ok &= np.asarray(key_mask)[:, None, None, :]
+  if causal:
+    ok &= j <= i
+  if window is not None:
+    ok &= (j >= i - window[0]) & (j <= i + window[1])
+  return ok
+
+
+@pytest.mark.parametrize("causal,window,padded", [
+    (False, None, False), (True, None, False), (False, (3, 2), False),
+    (True, (4, 0), True), (False, None, True), (False, (2, 5), True)])
+def test_matches_numpy_reference(causal, window, padded):
+  b, t, h, d = 2, 17, 2, 8
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.normal(size=(b, t, h, d)).astype(np.float32) for _ in range(3))
+  key_mask = None
+  if padded:
+    key_mask = np.arange(t)[None, :] < np.array([[t], [9]])
+  mask = None if key_mask is None else jnp.asarray(key_mask)[:, None, None, :]
+  got = attention.dot_product_attention(q, k, v, mask=mask, causal=causal, window=window)
+  want = numpy_attention(q, k, v, allowed_mask(b, h, t, t, key_mask, causal, window))
+  np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-4)
+
+
+def test_rows_with_no_visible_key_are_zero_not_nan():
+  b, t, h, d = 2, 6, 2, 4
+  rng = np.random.default_rng(1)
+  q, k, v = (rng.normal(size=(b, t, h, d)).astype(np.float32) for _ in range(3))
+  key_mask = np.zeros((b, t), bool)
+  key_mask[0, 3:] = True  # example 0: causal rows 0..2 see nothing; example 1: none
+  out = attention.dot_product_attention(
+      q, k, v, mask=jnp.asarray(key_mask)[:, None, None, :], causal=True)
+  out = np.asarray(out)
+  assert np.isfinite(out).all()
+  np.testing.assert_array_equal(out[0, :3], 0.0)
+  np.testing.assert_array_equal(out[1], 0.0)
+  assert np.abs(out[0, 3:]).min() > 0
+
+
+def test_module_masks_padded_keys_and_rejects_bad_heads():
+  mha = attention.MultiHeadAttention(num_heads=2)
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(1, 5, 8)), jnp.float32)
+  key_mask = jnp.array([[True, True, True, False, False]])
+  params = mha.init(jax.random.key(0), x, x, key_mask=key_mask)
+  base = mha.apply(params, x, x, key_mask=key_mask)
+  changed = x.at[:, 3:].set(100.0)
+  # Only the queries of the first three tokens are kept: padded keys changed freely.
+  out = mha.apply(params, x, changed, key_mask=key_mask)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(base), atol=1e-6)
+  with pytest.raises(ValueError, match="not divisible by num_heads"):
+    attention.MultiHeadAttention(num_heads=3).init(jax.random.key(0), x, x)
+  with pytest.raises(ValueError, match="attention_impl"):
+    attention.dot_product_attention(x[..., None], x[..., None], x[..., None],
+                                    impl="flash")
