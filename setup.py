@@ -13,6 +13,15 @@ INSTALL_REQUIRES = [
     "chex>=0.1.90",
     "einops>=0.8",
     "numpy>=2.0",
+    "scipy>=1.13",
+    # SynthAV and the input pipeline (no TensorFlow needed: array_record files).
+    "tensorflow-datasets==4.9.10",
+    "grain==0.2.18",
+    "array_record==0.8.6",
+    "dm-pix==0.4.5",
+    "espeakng-loader==0.2.4",   # ships libespeak-ng and its voices: no system package
+    "soxr==1.1.0",
+    "tqdm>=4.66",
 ]
 
 EXTRAS_REQUIRE = {
@@ -24,7 +33,6 @@ EXTRAS_REQUIRE = {
         "fast_bss_eval==0.1.4",
         "mir_eval==0.8.2",
         "ott-jax==0.6.0",
-        "scipy>=1.13",
     ],
 }
 
