@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "scipy>=1.13",
     # SynthAV and the input pipeline (no TensorFlow needed: array_record files).
     "tensorflow-datasets==4.9.10",
+    "importlib_resources",      # tfds needs it for builders in packages, does not declare it
     "grain==0.2.18",
     "array_record==0.8.6",
     "dm-pix==0.4.5",
@@ -42,6 +43,8 @@ setuptools.setup(
     description="Audio-visual speech separation in JAX/Flax",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["avsep_jax", "avsep_jax.*"]),
+    # The word list that SynthAV sentences are drawn from.
+    package_data={"avsep_jax.data.synthav": ["resources/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )

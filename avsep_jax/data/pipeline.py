@@ -1,0 +1,186 @@
+"""The input pipeline: mixtures made on the fly from single-speaker utterances (grain).
+
+Each element is one mixture of S speakers (S fixed, or sampled in [min, max]) cut from
+random utterances of distinct speakers, with random relative gains, optional background
+noise, and padding up to the model's S_max slots:
+
+    mixture (T,) float32, sources (S_max, T) float32, video (S_max, F, H, W) uint8,
+    speaker_mask (S_max,) bool, av_offset (S_max,) int32, num_speakers () int32
+
+Batches stack these along a leading B axis: the model's input contract. The pipeline is
+deterministic given its seed, and its iterator state can be saved and restored.
+"""
+
+import dataclasses
+
+import grain
+import jax
+import numpy as np
+
+from avsep_jax.data import augment
+from avsep_jax.data import sources
+
+SAMPLE_RATE = 16_000
+FPS = 25
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
+
+
+@dataclasses.dataclass(frozen=True)
+class MixConfig:
+  """How mixtures are made.
+
+  Attributes:
+    max_speakers: S_max, the model's speaker slots (padding goes up to it).
+    min_speakers: fewest speakers in a mixture; equal to max_speakers for fixed S.
+    segment_seconds: mixture length; rounded to whole video frames.
+    gain_db: range of the per-speaker level, relative to a common loudness.
+    noise_snr_db: range of mixture-to-noise ratio of background noise, or None.
+    peak: mixtures louder than this are scaled down (sources with them).
+  """
+
+  max_speakers: int
+  min_speakers: int
+  segment_seconds: float = 3.0
+  gain_db: tuple[float, float] = (-5.0, 5.0)
+  noise_snr_db: tuple[float, float] | None = None
+  peak: float = 0.9
+
+  @property
+  def segment_frames(self) -> int:
+    return max(1, int(round(self.segment_seconds * FPS)))
+
+  @property
+  def segment_samples(self) -> int:
+    return self.segment_frames * SAMPLES_PER_FRAME
+
+
+class Mixer(grain.transforms.RandomMap):
+  """Index -> one mixture example, drawn with the element's own rng."""
+
+  def __init__(self, source, num_split_speakers: int, config: MixConfig):
+    if not 1 <= config.min_speakers <= config.max_speakers:
+      raise ValueError(f"need 1 <= min_speakers <= max_speakers, got "
+                       f"{config.min_speakers}, {config.max_speakers}")
+    if config.max_speakers > num_split_speakers:
+      raise ValueError(
+          f"mixtures of up to {config.max_speakers} speakers need that many distinct "
+          f"speakers, but this split has only {num_split_speakers}")
+    self.source = source
+    self.num_split_speakers = num_split_speakers
+    self.config = config
+
+  def random_map(self, element, rng: np.random.Generator):
+    del element  # the index only seeds rng
+    cfg = self.config
+    n = int(rng.integers(cfg.min_speakers, cfg.max_speakers + 1))
+    utterances = self._distinct_speakers(n, rng)
+    frames, samples = cfg.segment_frames, cfg.segment_samples
+    sources = np.zeros((cfg.max_speakers, samples), np.float32)
+    video = None
+    offsets = np.zeros(cfg.max_speakers, np.int32)
+    for i, utt in enumerate(utterances):
+      audio, frames_i = _crop(utt, frames, rng)
+      if video is None:
+        video = np.zeros((cfg.max_speakers, frames) + frames_i.shape[1:], np.uint8)
+      rms = np.sqrt(np.mean(audio ** 2)) + 1e-4
+      gain = 10 ** (rng.uniform(*cfg.gain_db) / 20) * 0.05 / rms
+      sources[i] = audio * gain
+      video[i] = frames_i
+      offsets[i] = utt["av_offset"]
+    mixture = sources.sum(axis=0)
+    if cfg.noise_snr_db is not None:
+      noise = rng.standard_normal(samples).astype(np.float32)
+      snr = rng.uniform(*cfg.noise_snr_db)
+      noise *= np.sqrt(np.mean(mixture ** 2) / np.mean(noise ** 2) / 10 ** (snr / 10))
+      mixture = mixture + noise
+    scale = min(1.0, cfg.peak / (np.abs(mixture).max() + 1e-9))
+    return {
+        "mixture": (mixture * scale).astype(np.float32),
+        "sources": sources * np.float32(scale),
+        "video": video,
+        "speaker_mask": np.arange(cfg.max_speakers) < n,
+        "av_offset": offsets,
+        "num_speakers": np.int32(n),
+    }
+
+  def _distinct_speakers(self, n, rng):
+    """n utterances of n different speakers, by rejection: no index of all records needed."""
+    chosen, speakers = [], set()
+    for _ in range(200 * n):
+      utt = self.source[int(rng.integers(len(self.source)))]
+      if utt["speaker_index"] not in speakers:
+        speakers.add(utt["speaker_index"])
+        chosen.append(utt)
+        if len(chosen) == n:
+          return chosen
+    raise RuntimeError(f"could not draw {n} distinct speakers from "
+                       f"{self.num_split_speakers}; is the split's metadata right?")
+
+
+def _crop(utt, frames, rng):
+  """A random `frames`-long window of an utterance, padded with silence if short.
+
+  Returns audio (frames * 640,) float32 in [-1, 1] and video (frames, H, W) uint8. The
+  window starts on a video frame boundary so both streams stay in step; a short
+  utterance is placed at a random position, its video edge-padded (mouth at rest).
+  """
+  audio = utt["audio"].astype(np.float32) / 32768.0
+  video = utt["video"]
+  have = video.shape[0]
+  if have >= frames:
+    start = int(rng.integers(have - frames + 1))
+    a = audio[start * SAMPLES_PER_FRAME:(start + frames) * SAMPLES_PER_FRAME]
+    return a, video[start:start + frames]
+  pad = int(rng.integers(frames - have + 1))
+  a = np.zeros(frames * SAMPLES_PER_FRAME, np.float32)
+  a[pad * SAMPLES_PER_FRAME:pad * SAMPLES_PER_FRAME + len(audio)] = audio
+  v = np.pad(video, ((pad, frames - have - pad), (0, 0), (0, 0)), mode="edge")
+  return a, v
+
+
+def make_dataset(dataset: str, split: str, data_dir: str, config: MixConfig, *,
+                 batch_size: int, seed: int, num_examples: int | None = None,
+                 augment_video: bool = False, shard_index: int = 0,
+                 shard_count: int = 1) -> grain.IterDataset:
+  """Batches of mixtures from one split.
+
+  Args:
+    dataset: e.g. 'synthav/small'.
+    split: 'train' | 'validation' | 'test'.
+    data_dir: the TFDS data directory.
+    config: how mixtures are made.
+    batch_size: examples per batch on this process (the remainder is dropped).
+    seed: fixes every random choice.
+    num_examples: a finite, fixed set of mixtures (evaluation); None = endless.
+    augment_video: random flip/brightness/contrast/noise per clip (training only).
+    shard_index, shard_count: this process's share of the mixtures (multi-host).
+
+  Returns:
+    A grain IterDataset; `iter()` gives an iterator with get_state()/set_state().
+  """
+  source, metadata = sources.open_split(dataset, split, data_dir)
+  num_speakers = int(metadata.get("speakers", {}).get(split, 0)) or _count_speakers(source)
+  mixer = Mixer(source, num_speakers, config)
+  if num_examples is None:
+    ds = grain.MapDataset.range(len(source)).repeat()
+  else:
+    ds = grain.MapDataset.range(num_examples)
+  ds = ds[shard_index::shard_count]
+  ds = ds.random_map(mixer, seed=seed)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  if augment_video:
+    ds = ds.random_map(_augment_batch, seed=seed + 1)
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+
+
+def _augment_batch(batch, rng: np.random.Generator):
+  # On the host CPU: the pipeline must not occupy the accelerator the model trains on.
+  with jax.default_device(jax.devices("cpu")[0]):
+    key = jax.random.key(int(rng.integers(2**31)))
+    video = np.asarray(augment.augment_video(batch["video"], key))
+  # Padded slots stay black: augmentation must not turn silence into a face.
+  return dict(batch, video=video * batch["speaker_mask"][:, :, None, None, None])
+
+
+def _count_speakers(source):
+  return len({source[i]["speaker_index"] for i in range(len(source))})

@@ -1,0 +1,66 @@
+"""Opening a prepared dataset split as a random-access source, with clear errors."""
+
+import os
+
+import tensorflow_datasets as tfds
+
+# Config dataset names -> TFDS builder names.
+_BUILDERS = {"synthav": "synth_av"}
+
+
+def parse_name(dataset: str):
+  """'synthav/small' -> ('synth_av', 'small')."""
+  family, _, config = dataset.partition("/")
+  if family not in _BUILDERS or not config:
+    raise ValueError(f"unknown dataset {dataset!r}; expected one of "
+                     f"{[f'{k}/<config>' for k in _BUILDERS]}")
+  return _BUILDERS[family], config
+
+
+def dataset_dir(dataset: str, data_dir: str) -> str:
+  """Directory holding the prepared dataset (any version), or where it would go."""
+  builder, config = parse_name(dataset)
+  return os.path.join(data_dir, builder, config)
+
+
+def open_split(dataset: str, split: str, data_dir: str):
+  """A prepared split as a TFDS ArrayRecord data source, plus the dataset's metadata.
+
+  Args:
+    dataset: e.g. 'synthav/tiny'.
+    split: 'train', 'validation' or 'test'.
+    data_dir: the TFDS data directory it was built into.
+
+  Returns:
+    (source supporting len() and [i], metadata dict).
+
+  Raises:
+    FileNotFoundError: the dataset was never built there (with the build command).
+    ValueError: the split does not exist, or the directory is damaged.
+  """
+  root = dataset_dir(dataset, data_dir)
+  versions = sorted(os.listdir(root)) if os.path.isdir(root) else []
+  versions = [v for v in versions if os.path.isfile(os.path.join(root, v, "dataset_info.json"))]
+  if not versions:
+    family, config = dataset.split("/")
+    raise FileNotFoundError(
+        f"{dataset} is not built under {data_dir} (no {root}/<version>/dataset_info.json)."
+        f" Build it with: python -m avsep_jax.data.{family} --config={config} "
+        f"--data_dir={data_dir}")
+  path = os.path.join(root, versions[-1])
+  try:
+    builder = tfds.builder_from_directory(path)
+    splits = sorted(builder.info.splits)
+  except Exception as e:  # TFDS raises many types for damaged metadata
+    raise ValueError(f"{dataset} at {path} is damaged ({type(e).__name__}: {e}); "
+                     f"delete the directory and build it again") from e
+  if split not in splits:
+    raise ValueError(f"{dataset} at {path} has no split {split!r}; it has {splits}")
+  try:
+    source = builder.as_data_source(split=split)
+    source[0]  # reads and decodes one record: catches truncated or missing files
+  except Exception as e:
+    raise ValueError(f"{dataset} split {split!r} at {path} is damaged "
+                     f"({type(e).__name__}: {e}); delete the directory and build it "
+                     f"again") from e
+  return source, dict(builder.info.metadata or {})

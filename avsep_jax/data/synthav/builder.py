@@ -1,0 +1,214 @@
+"""The SynthAV TFDS builder: synthesized utterances with mouth video rendered from phones.
+
+Each example is one utterance of one speaker: 16 kHz audio (int16), an 88x88 grayscale
+mouth ROI per 25 fps frame rendered from the phone timeline (never from the audio),
+the transcript, the phone timeline, the speaker and the audio-video offset that the
+video was rendered with. Splits have disjoint voices.
+
+Generation is deterministic: every utterance's text, voice, appearance and offsets come
+from a seed derived from (config seed, split, speaker, utterance), and `tts.synthesize`
+runs each utterance in a freshly forked process (eSpeak keeps state between calls).
+"""
+
+import dataclasses
+import hashlib
+import multiprocessing
+import os
+
+import contextlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core import example_serializer
+from tensorflow_datasets.core import split_builder
+import tqdm
+
+from avsep_jax.data.synthav import render
+from avsep_jax.data.synthav import text as text_lib
+from avsep_jax.data.synthav import tts
+from avsep_jax.data.synthav import voices
+
+SAMPLE_RATE = 16_000
+FPS = 25
+ROI_SIZE = 88
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
+MAX_AV_OFFSET = 2  # video frames, either direction
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass
+class SynthAVConfig(tfds.core.BuilderConfig):
+  """Sizes of one SynthAV build.
+
+  Attributes:
+    speakers: number of distinct speakers per split.
+    utterances_per_speaker: utterances each speaker says, per split.
+    seed: the root of every random choice.
+  """
+
+  speakers: dict = dataclasses.field(default_factory=dict)
+  utterances_per_speaker: dict = dataclasses.field(default_factory=dict)
+  seed: int = 0
+
+
+def _config(name, description, speakers, utterances):
+  return SynthAVConfig(
+      name=name, description=description,
+      speakers=dict(zip(SPLITS, speakers)),
+      utterances_per_speaker=dict(zip(SPLITS, utterances)))
+
+
+BUILDER_CONFIGS = [
+    _config("tiny", "Tests: a minute to make.", (8, 6, 6), (4, 2, 2)),
+    _config("small", "Default for main.py: ~3k utterances, minutes on 2 cores.",
+            (64, 12, 12), (40, 20, 20)),
+    _config("large", "GPU training: ~38k utterances.", (400, 40, 40), (90, 30, 30)),
+]
+
+
+def utterance_seed(root, split, speaker_index, utterance_index):
+  """A 32-bit seed from the utterance's coordinates (stable across runs and machines)."""
+  key = f"{root}/{split}/{speaker_index}/{utterance_index}".encode()
+  return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
+
+
+def speaker_seed(speaker_id):
+  """Seed of a speaker's appearance: the same face for every utterance of a voice."""
+  return int.from_bytes(hashlib.sha256(speaker_id.encode()).digest()[:4], "little")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+  split: str
+  speaker_index: int
+  utterance_index: int
+  voice: tts.Voice
+  seed: int
+
+
+def make_example(job: _Job) -> dict:
+  """Synthesizes and renders one utterance: the feature dict of one example."""
+  rng = np.random.default_rng(job.seed)
+  sentence = text_lib.sentence(rng)
+  utt = tts.synthesize(sentence, job.voice, job.seed)
+  # Pad to whole video frames so the audio and video spans match exactly.
+  num_frames = -(-len(utt.audio) // SAMPLES_PER_FRAME)
+  audio = np.zeros(num_frames * SAMPLES_PER_FRAME, np.float32)
+  audio[:len(utt.audio)] = utt.audio
+  offset = int(rng.integers(-MAX_AV_OFFSET, MAX_AV_OFFSET + 1))
+  appearance = render.sample_appearance(np.random.default_rng(speaker_seed(job.voice.speaker_id)))
+  video = render.render_mouth(utt.phones, num_frames, appearance, rng, fps=FPS,
+                              size=ROI_SIZE, offset_frames=offset)
+  return {
+      "audio": np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16),
+      "video": video,
+      "text": sentence,
+      "speaker_id": job.voice.speaker_id,
+      "speaker_index": job.speaker_index,
+      "phones": {
+          "phone": [p for p, _, _ in utt.phones],
+          "start": np.asarray([s for _, s, _ in utt.phones], np.float32),
+          "end": np.asarray([e for _, _, e in utt.phones], np.float32),
+      },
+      "av_offset": offset,
+  }
+
+
+class SynthAV(tfds.core.GeneratorBasedBuilder):
+  """SynthAV: eSpeak NG speech with mouth video rendered from the phone timeline."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+  BUILDER_CONFIGS = BUILDER_CONFIGS
+  DEFAULT_CONFIG_NAME = "small"
+
+  def __init__(self, *, num_workers: int = 2, **kwargs):
+    """`num_workers` processes generate examples; the bytes do not depend on it."""
+    super().__init__(**kwargs)
+    self.num_workers = num_workers
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16, encoding="zlib",
+                                          doc="16 kHz mono, int16"),
+            "video": tfds.features.Tensor(shape=(None, ROI_SIZE, ROI_SIZE),
+                                          dtype=np.uint8, encoding="zlib",
+                                          doc="25 fps grayscale mouth ROI"),
+            "text": tfds.features.Text(),
+            "speaker_id": tfds.features.Text(),
+            "speaker_index": tfds.features.Scalar(dtype=np.int32,
+                                                  doc="index of the speaker in its split"),
+            "phones": tfds.features.Sequence({
+                "phone": tfds.features.Text(),
+                "start": np.float32,
+                "end": np.float32,
+            }),
+            "av_offset": tfds.features.Scalar(
+                dtype=np.int32, doc="video lags audio by this many frames"),
+        }),
+        metadata=tfds.core.MetadataDict(
+            speakers=dict(self.builder_config.speakers),
+            utterances_per_speaker=dict(self.builder_config.utterances_per_speaker)),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # everything is made here, nothing is downloaded
+    return {split: self._generate_examples(split) for split in SPLITS}
+
+  def _generate_examples(self, split):
+    cfg = self.builder_config
+    speakers = voices.speakers(split, cfg.speakers[split], cfg.seed)
+    jobs = [
+        _Job(split, s, u, voice, utterance_seed(cfg.seed, split, s, u))
+        for s, voice in enumerate(speakers)
+        for u in range(cfg.utterances_per_speaker[split])
+    ]
+    # Spawned, not forked, workers: the caller may hold JAX's threads, which a fork
+    # would copy mid-flight; the workers themselves never import JAX.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(self.num_workers) as pool:
+      examples = pool.imap(make_example, jobs)
+      for job, example in tqdm.tqdm(zip(jobs, examples), total=len(jobs),
+                                    desc=f"SynthAV {cfg.name}/{split}", unit="utt"):
+        yield f"{job.speaker_index:05d}_{job.utterance_index:04d}", example
+
+
+class _SortedKeySerializer(example_serializer.ExampleSerializer):
+  """tf.train.Example with its feature map serialized in sorted key order.
+
+  Protobuf writes map entries in hash-table order, which differs between processes:
+  the same examples would give different bytes on every build.
+  """
+
+  def serialize_example(self, example):
+    return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+
+@contextlib.contextmanager
+def _deterministic_serialization():
+  """Makes TFDS's split writer use `_SortedKeySerializer` for the duration."""
+  original = split_builder.example_serializer.ExampleSerializer
+  split_builder.example_serializer.ExampleSerializer = _SortedKeySerializer
+  try:
+    yield
+  finally:
+    split_builder.example_serializer.ExampleSerializer = original
+
+
+def build(config_name: str, data_dir: str, num_workers: int | None = None):
+  """Builds (or finds already built) SynthAV `config_name` under `data_dir`.
+
+  Returns:
+    The prepared builder; `builder.data_dir` is where the files are.
+  """
+  names = [c.name for c in BUILDER_CONFIGS]
+  if config_name not in names:
+    raise ValueError(f"unknown SynthAV config {config_name!r}; choose from {names}")
+  builder = SynthAV(config=config_name, data_dir=data_dir, file_format="array_record",
+                    num_workers=num_workers or os.cpu_count() or 2)
+  with _deterministic_serialization():
+    builder.download_and_prepare()
+  return builder
