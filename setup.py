@@ -35,6 +35,8 @@ EXTRAS_REQUIRE = {
         "mir_eval==0.8.2",
         "ott-jax==0.6.0",
     ],
+    # Figures made by scripts in experiments/.
+    "experiments": ["matplotlib>=3.8"],
 }
 
 setuptools.setup(
