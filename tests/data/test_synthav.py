@@ -10,6 +10,7 @@ import pytest
 from avsep_jax.data import sources
 from avsep_jax.data.synthav import builder as builder_lib
 from avsep_jax.data.synthav import render
+from avsep_jax.data.synthav import tts
 
 
 def records(data_dir, split):
@@ -20,7 +21,7 @@ def records(data_dir, split):
 def test_two_builds_give_identical_bytes(tiny_data_dir, tmp_path):
   builder_lib.build("tiny", str(tmp_path))
   files = sorted(pathlib.Path(tiny_data_dir).rglob("*.array_record-*"))
-  assert len(files) == 3
+  assert len(files) == 3 + tts.flite_available()
   for f in files:
     other = tmp_path / f.relative_to(tiny_data_dir)
     assert f.read_bytes() == other.read_bytes(), f.name
@@ -37,10 +38,17 @@ def test_splits_have_the_configured_sizes_and_disjoint_speakers(tiny_data_dir):
   assert not speakers["train"] & speakers["validation"]
   assert not speakers["train"] & speakers["test"]
   assert not speakers["validation"] & speakers["test"]
+  if tts.flite_available():
+    flite = {r["speaker_id"] for r in records(tiny_data_dir, builder_lib.FLITE_SPLIT)}
+    assert len(flite) == config.speakers[builder_lib.FLITE_SPLIT]
+    assert all(s.startswith(b"flite:") for s in flite), flite
 
 
-def test_audio_and_video_lengths_agree(tiny_data_dir):
-  for r in records(tiny_data_dir, "validation"):
+@pytest.mark.parametrize("split", ["validation", builder_lib.FLITE_SPLIT])
+def test_audio_and_video_lengths_agree(tiny_data_dir, split):
+  if split == builder_lib.FLITE_SPLIT and not tts.flite_available():
+    pytest.skip("flite is not installed")
+  for r in records(tiny_data_dir, split):
     frames = r["video"].shape[0]
     assert r["video"].shape[1:] == (88, 88) and r["video"].dtype == np.uint8
     assert len(r["audio"]) == frames * 640  # 4 STFT hops of 160 per video frame

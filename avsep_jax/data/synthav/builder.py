@@ -34,6 +34,8 @@ ROI_SIZE = 88
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 MAX_AV_OFFSET = 2  # video frames, either direction
 SPLITS = ("train", "validation", "test")
+# Held-out voices from another synthesizer; written only where Debian's flite is installed.
+FLITE_SPLIT = "test_flite"
 
 
 @dataclasses.dataclass
@@ -52,17 +54,20 @@ class SynthAVConfig(tfds.core.BuilderConfig):
 
 
 def _config(name, description, speakers, utterances):
+  """Sizes per split, in the order train, validation, test, test_flite."""
+  splits = SPLITS + (FLITE_SPLIT,)
   return SynthAVConfig(
       name=name, description=description,
-      speakers=dict(zip(SPLITS, speakers)),
-      utterances_per_speaker=dict(zip(SPLITS, utterances)))
+      speakers=dict(zip(splits, speakers)),
+      utterances_per_speaker=dict(zip(splits, utterances)))
 
 
 BUILDER_CONFIGS = [
-    _config("tiny", "Tests: a minute to make.", (8, 6, 6), (4, 2, 2)),
+    _config("tiny", "Tests: a minute to make.", (8, 6, 6, 3), (4, 2, 2, 2)),
     _config("small", "Default for main.py: ~3k utterances, minutes on 2 cores.",
-            (64, 12, 12), (40, 20, 20)),
-    _config("large", "GPU training: ~38k utterances.", (400, 40, 40), (90, 30, 30)),
+            (64, 12, 12, 12), (40, 20, 20, 20)),
+    _config("large", "GPU training: ~38k utterances.", (400, 40, 40, 12),
+            (90, 30, 30, 30)),
 ]
 
 
@@ -115,7 +120,11 @@ def make_example(job: _Job) -> dict:
 
 
 class SynthAV(tfds.core.GeneratorBasedBuilder):
-  """SynthAV: eSpeak NG speech with mouth video rendered from the phone timeline."""
+  """SynthAV: eSpeak NG speech with mouth video rendered from the phone timeline.
+
+  Splits: train / validation / test (disjoint eSpeak voice families), plus test_flite
+  (flite's slt, rms and awb voices) where the `flite` command is installed.
+  """
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
@@ -156,7 +165,8 @@ class SynthAV(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # everything is made here, nothing is downloaded
-    return {split: self._generate_examples(split) for split in SPLITS}
+    splits = SPLITS + ((FLITE_SPLIT,) if tts.flite_available() else ())
+    return {split: self._generate_examples(split) for split in splits}
 
   def _generate_examples(self, split):
     cfg = self.builder_config
