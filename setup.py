@@ -23,6 +23,9 @@ INSTALL_REQUIRES = [
     "espeakng-loader==0.2.4",   # ships libespeak-ng and its voices: no system package
     "soxr==1.1.0",
     "tqdm>=4.66",
+    # Perceptual metrics of avsep_jax.evaluation (wideband PESQ, STOI).
+    "pesq==0.0.4",
+    "pystoi==0.4.1",
 ]
 
 EXTRAS_REQUIRE = {

@@ -18,6 +18,7 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   config.model = variants.model_config(variant, num_speakers=NUM_SPEAKERS)
 
   config.dataset = "synthav/small"
+  config.data_dir = ml_collections.config_dict.placeholder(str)  # None: ~/tensorflow_datasets
   config.min_speakers = 2              # speakers per mixture sampled in [min, max]
   config.max_speakers = NUM_SPEAKERS
   config.segment_seconds = 3.0
@@ -26,6 +27,14 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   config.eval_every_steps = 2_000
   config.checkpoint_every_steps = 1_000
   config.seed = 0
+  config.eval_examples = 64            # validation mixtures per evaluation
+  config.test_examples = 200           # test mixtures per speaker count (--mode=evaluate)
+  config.eval_pesq_stoi = True
+  config.log_every_steps = 10
+  config.keep_checkpoints = 3
+  config.max_nonfinite_steps = 10      # non-finite losses in a row before stopping
+  config.augment_video = True
+  config.ema_decay = 0.0               # 0: no EMA of params
 
   config.learning_rate = 3e-4
   config.warmup_steps = 2_000
@@ -58,4 +67,7 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
     config.total_steps = 10
     config.eval_every_steps = 5
     config.checkpoint_every_steps = 5
+    config.eval_examples = 4
+    config.test_examples = 4
+    config.eval_pesq_stoi = False
   return config

@@ -30,8 +30,10 @@ class MixConfig:
   """How mixtures are made.
 
   Attributes:
-    max_speakers: S_max, the model's speaker slots (padding goes up to it).
+    max_speakers: most speakers in a mixture.
     min_speakers: fewest speakers in a mixture; equal to max_speakers for fixed S.
+    slots: S_max, the model's speaker slots that examples are padded to; None means
+      max_speakers.
     segment_seconds: mixture length; rounded to whole video frames.
     gain_db: range of the per-speaker level, relative to a common loudness.
     noise_snr_db: range of mixture-to-noise ratio of background noise, or None.
@@ -40,10 +42,15 @@ class MixConfig:
 
   max_speakers: int
   min_speakers: int
+  slots: int | None = None
   segment_seconds: float = 3.0
   gain_db: tuple[float, float] = (-5.0, 5.0)
   noise_snr_db: tuple[float, float] | None = None
   peak: float = 0.9
+
+  @property
+  def num_slots(self) -> int:
+    return self.slots or self.max_speakers
 
   @property
   def segment_frames(self) -> int:
@@ -61,6 +68,9 @@ class Mixer(grain.transforms.RandomMap):
     if not 1 <= config.min_speakers <= config.max_speakers:
       raise ValueError(f"need 1 <= min_speakers <= max_speakers, got "
                        f"{config.min_speakers}, {config.max_speakers}")
+    if config.num_slots < config.max_speakers:
+      raise ValueError(f"{config.max_speakers} speakers do not fit in "
+                       f"{config.num_slots} slots")
     if config.max_speakers > num_split_speakers:
       raise ValueError(
           f"mixtures of up to {config.max_speakers} speakers need that many distinct "
@@ -75,13 +85,13 @@ class Mixer(grain.transforms.RandomMap):
     n = int(rng.integers(cfg.min_speakers, cfg.max_speakers + 1))
     utterances = self._distinct_speakers(n, rng)
     frames, samples = cfg.segment_frames, cfg.segment_samples
-    sources = np.zeros((cfg.max_speakers, samples), np.float32)
+    sources = np.zeros((cfg.num_slots, samples), np.float32)
     video = None
-    offsets = np.zeros(cfg.max_speakers, np.int32)
+    offsets = np.zeros(cfg.num_slots, np.int32)
     for i, utt in enumerate(utterances):
       audio, frames_i = _crop(utt, frames, rng)
       if video is None:
-        video = np.zeros((cfg.max_speakers, frames) + frames_i.shape[1:], np.uint8)
+        video = np.zeros((cfg.num_slots, frames) + frames_i.shape[1:], np.uint8)
       rms = np.sqrt(np.mean(audio ** 2)) + 1e-4
       gain = 10 ** (rng.uniform(*cfg.gain_db) / 20) * 0.05 / rms
       sources[i] = audio * gain
@@ -98,7 +108,7 @@ class Mixer(grain.transforms.RandomMap):
         "mixture": (mixture * scale).astype(np.float32),
         "sources": sources * np.float32(scale),
         "video": video,
-        "speaker_mask": np.arange(cfg.max_speakers) < n,
+        "speaker_mask": np.arange(cfg.num_slots) < n,
         "av_offset": offsets,
         "num_speakers": np.int32(n),
     }

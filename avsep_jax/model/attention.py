@@ -93,12 +93,12 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f"d_model {d} is not divisible by num_heads {self.num_heads}")
     head_dim = d // self.num_heads
 
+    # Plain Dense layers over the merged (heads * head_dim) axis: DenseGeneral
+    # initialises its kernel flattened to 2-D, which breaks 3-D logical sharding.
     def project(name, x):
-      return nn.DenseGeneral(
-          (self.num_heads, head_dim), axis=-1, name=name, use_bias=False,
-          kernel_init=nn.with_logical_partitioning(
-              nn.initializers.xavier_uniform(),
-              (layers.EMBED, layers.HEADS, layers.KV)), **opts.kw)(x)
+      y = layers.dense(self.num_heads * head_dim, (layers.EMBED, layers.HEADS),
+                       use_bias=False, name=name, **opts.kw)(x)
+      return y.reshape(y.shape[:-1] + (self.num_heads, head_dim))
 
     q = project("query", inputs_q)
     k = project("key", inputs_kv)
@@ -109,9 +109,7 @@ class MultiHeadAttention(nn.Module):
     out = dot_product_attention(
         q, k, v, mask=mask, causal=self.time_masked and opts.causal,
         window=opts.window if self.time_masked else None, impl=opts.attention_impl)
-    out = nn.DenseGeneral(
-        d, axis=(-2, -1), name="out", use_bias=False,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.xavier_uniform(), (layers.HEADS, layers.KV, layers.EMBED)),
-        **opts.kw)(out)
+    out = out.reshape(out.shape[:-2] + (d,))
+    out = layers.dense(d, (layers.HEADS, layers.EMBED), use_bias=False, name="out",
+                       **opts.kw)(out)
     return nn.Dropout(opts.dropout_rate)(out, deterministic=opts.deterministic)

@@ -172,8 +172,9 @@ def test_full_config_builds_with_adr_dimensions():
   visual = params["visual_encoder"]["transformer"]
   assert sorted(k for k in audio if k.startswith("block_")) == [f"block_{i}" for i in range(8)]
   assert sorted(k for k in visual if k.startswith("block_")) == [f"block_{i}" for i in range(6)]
-  assert audio["block_0"]["attn"]["query"]["kernel"].value.shape == (512, 8, 64)
-  assert visual["block_0"]["attn"]["query"]["kernel"].value.shape == (256, 8, 32)
+  assert audio["block_0"]["attn"]["query"]["kernel"].value.shape == (512, 8 * 64)
+  assert visual["block_0"]["attn"]["query"]["kernel"].value.shape == (256, 8 * 32)
+  assert audio["block_0"]["attn"]["query"]["kernel"].names == ("embed", "heads")
   stem = params["visual_encoder"]["stem3d"]["conv"]["kernel"].value
   assert stem.shape == (5, 7, 7, 1, 64)
   out, aux = jax.eval_shape(model.apply, variables, *args)

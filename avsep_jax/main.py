@@ -1,0 +1,77 @@
+r"""Trains and evaluates an audio-visual separator.
+
+  python -m avsep_jax.main --config=configs/6spk.py[:lite] [--workdir=DIR] \
+      [--config.key=value ...] [--mode=train|evaluate]
+
+With no dataset given it uses SynthAV `small`, building it first when absent. Without
+--workdir, runs go to workdirs/<config>_<variant>, so running the same command again
+resumes.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from avsep_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard, eval JSON.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
+                          "train (and validate), or evaluate a checkpoint on test.")
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
+                                "Which checkpoint --mode=evaluate reads.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0 for multi-process runs (jax.distributed.initialize).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def default_workdir(config_arg: str) -> str:
+  path, _, variant = config_arg.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("workdirs", f"{name}_{variant or 'full'}")
+
+
+def check_writable(workdir: str):
+  """Fails early, before any work, when the workdir cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise PermissionError(f"workdir {workdir} cannot be created: {e.strerror}") from e
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise PermissionError(f"workdir {workdir} is not writable")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                               _PROCESS_ID.value)
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
+  try:
+    check_writable(workdir)
+    print(f"workdir: {os.path.abspath(workdir)}")
+    logging.get_absl_handler().use_absl_log_file("log", workdir)
+    if _MODE.value == "train":
+      train.train_and_evaluate(config, workdir)
+    else:
+      train.evaluate_checkpoint(config, workdir, which=_CHECKPOINT.value)
+  except (ValueError, FileNotFoundError, PermissionError,
+          train.NonFiniteLossError) as e:
+    # One line naming the problem; the traceback is in the workdir's log.
+    logging.exception("run failed")
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

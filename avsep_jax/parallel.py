@@ -1,0 +1,69 @@
+"""Mesh, logical-axis rules and sharding helpers (jit + named shardings; no pmap)."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+def make_mesh(shape, axes):
+  """A device mesh from the config; one -1 in `shape` takes all remaining devices.
+
+  Axes are `Auto`: Linen's logical constraints are sharding hints, which explicit
+  axes (jax.make_mesh's default) would turn into hard assertions.
+  """
+  shape = list(shape)
+  n = jax.device_count()
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh_shape {tuple(shape)} may hold at most one -1")
+  if -1 in shape:
+    known = int(np.prod([s for s in shape if s != -1]))
+    if n % known:
+      raise ValueError(f"mesh_shape {tuple(shape)} does not divide {n} devices")
+    shape[shape.index(-1)] = n // known
+  if int(np.prod(shape)) != n:
+    raise ValueError(f"mesh_shape {tuple(shape)} needs {int(np.prod(shape))} devices, "
+                     f"{n} are present")
+  return jax.make_mesh(tuple(shape), tuple(axes),
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
+
+
+def batch_sharding(mesh, rules):
+  """Sharding of a batch: leading axis over the mesh axes that 'batch' maps to."""
+  return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), rules))
+
+
+def state_shardings(abstract_state, mesh, rules):
+  """Shardings for a (boxed) abstract train state from its logical axis names."""
+  spec = nn.get_partition_spec(abstract_state)
+  return nn.logical_to_mesh_sharding(spec, mesh, rules)
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def global_batch(local_batch, sharding):
+  """Host-local numpy batch -> global jax.Arrays sharded along the batch axis."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      local_batch)
+
+
+def local_rows(x):
+  """The rows of a batch-sharded global array that belong to this process, as numpy.
+
+  With one process that is the whole array; with several, the process's own slice of
+  the batch, matching the host-local batch it fed in.
+  """
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  rows, seen = [], set()
+  for shard in shards:
+    start = shard.index[0].start or 0
+    if start not in seen:  # replicas along non-batch mesh axes hold the same rows
+      seen.add(start)
+      rows.append(np.asarray(shard.data))
+  return np.concatenate(rows)

@@ -1,0 +1,333 @@
+"""train_and_evaluate(config, workdir): the training loop, top to bottom.
+
+Sections: Mesh, Input, Model, Shard, Update, Checkpoint, Evals, Loop. Everything a run
+writes goes to `workdir`: Orbax step directories (train state + data iterator), a
+TensorBoard events file and evaluation JSON.
+"""
+
+import functools
+import logging
+import os
+import signal as os_signal
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from avsep_jax import checkpoints
+from avsep_jax import evaluation
+from avsep_jax import parallel
+from avsep_jax import signal
+from avsep_jax import summaries
+from avsep_jax.data import pipeline
+from avsep_jax.data import sources
+from avsep_jax.data.synthav import builder as synthav_builder
+from avsep_jax.model import AVSeparator
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything the update step changes. `bad_steps` counts non-finite steps in a row."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  ema_params: Any
+  bad_steps: jax.Array
+
+
+class NonFiniteLossError(RuntimeError):
+  """Too many non-finite losses in a row."""
+
+
+def data_dir_of(config) -> str:
+  return os.path.expanduser(config.get("data_dir") or "~/tensorflow_datasets")
+
+
+def ensure_dataset(config) -> str:
+  """Builds SynthAV when the configured one is absent; returns the data dir."""
+  data_dir = data_dir_of(config)
+  family, name = sources.parse_name(config.dataset)
+  if family == "synth_av":
+    root = sources.dataset_dir(config.dataset, data_dir)
+    if not os.path.isdir(root):
+      logging.info("building %s under %s (first run)", config.dataset, data_dir)
+      print(f"{config.dataset} not found under {data_dir}: building it first")
+      synthav_builder.build(name, data_dir)
+  return data_dir
+
+
+def mix_config(config, num_speakers=None) -> pipeline.MixConfig:
+  """Mixtures of `num_speakers` (or the config's range), padded to the model's slots."""
+  return pipeline.MixConfig(
+      min_speakers=num_speakers or config.min_speakers,
+      max_speakers=num_speakers or config.max_speakers,
+      slots=config.model.num_speakers, segment_seconds=config.segment_seconds)
+
+
+def make_optimizer(config):
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, config.learning_rate, config.warmup_steps,
+      max(config.total_steps, config.warmup_steps + 1))
+  return optax.chain(
+      optax.clip_by_global_norm(config.grad_clip_norm),
+      optax.adamw(schedule, weight_decay=config.weight_decay)), schedule
+
+
+def separation_loss(config, out, batch):
+  """Negative SI-SNR (+ weighted multi-resolution STFT loss) over real speakers."""
+  mask = batch["speaker_mask"]
+  per = -signal.si_snr(out, batch["sources"])
+  if config.stft_loss_weight:
+    per = per + config.stft_loss_weight * signal.multi_resolution_stft_loss(
+        out, batch["sources"])
+  per = jnp.where(mask, per, 0.0)
+  return jnp.sum(per) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def create_train_state(config, model, optimizer, example, mesh, rules):
+  """Initial train state created sharded: eval_shape, then a jitted init.
+
+  Returns:
+    state (plain arrays, sharded), abstract (ShapeDtypeStructs with shardings, the
+    restore target) and shardings (the state's NamedSharding tree).
+  """
+
+  def init_state(rng):
+    variables = model.init(rng, example["mixture"][:1], example["video"][:1],
+                           example["speaker_mask"][:1])
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        opt_state=optimizer.init(params),
+        ema_params=params if config.ema_decay else None,
+        bad_steps=jnp.zeros((), jnp.int32))
+
+  rng = jax.random.key(config.seed)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init_state, rng)
+    shardings = parallel.state_shardings(boxed, mesh, rules)
+    state = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=shardings)(rng)
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      nn.unbox(boxed), shardings)
+  return state, abstract, shardings
+
+
+def make_predict(config, model, param_shardings, batch_sharding):
+  """Jitted inference: (params, batch) -> (waveforms (B, S, T), main-scale masks)."""
+
+  @functools.partial(jax.jit, in_shardings=(param_shardings, batch_sharding))
+  def predict(params, batch):
+    out, aux = model.apply({"params": params}, batch["mixture"], batch["video"],
+                           batch["speaker_mask"])
+    return out, aux["masks"][str(config.model.stft_scales[0][0])]
+
+  return predict
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains `config` in `workdir`, resuming from its latest checkpoint."""
+  workdir = os.path.abspath(workdir)
+  is_main = jax.process_index() == 0
+
+  # ----------------------------------------------------------------------- Mesh
+  mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
+  rules = tuple(tuple(r) for r in config.logical_axis_rules)
+  batch_sharding = parallel.batch_sharding(mesh, rules)
+  if config.batch_size % jax.process_count():
+    raise ValueError(f"batch_size {config.batch_size} does not divide over "
+                     f"{jax.process_count()} processes")
+  local_batch = config.batch_size // jax.process_count()
+
+  # ---------------------------------------------------------------------- Input
+  data_dir = ensure_dataset(config)
+  train_mix = mix_config(config)
+
+  def make_train_iter():
+    return iter(pipeline.make_dataset(
+        config.dataset, "train", data_dir, train_mix, batch_size=local_batch,
+        seed=config.seed, augment_video=config.get("augment_video", True),
+        shard_index=jax.process_index(), shard_count=jax.process_count()))
+
+  # ---------------------------------------------------------------------- Model
+  model = AVSeparator(config.model)
+  optimizer, schedule = make_optimizer(config)
+
+  # ---------------------------------------------------------------------- Shard
+  state, abstract, shardings = create_train_state(
+      config, model, optimizer, next(make_train_iter()), mesh, rules)
+
+  # --------------------------------------------------------------------- Update
+  @functools.partial(jax.jit, in_shardings=(shardings, batch_sharding),
+                     out_shardings=(shardings, None), donate_argnums=(0,))
+  def train_step(state, batch):
+    rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
+
+    def loss_fn(params):
+      out, _ = model.apply({"params": params}, batch["mixture"], batch["video"],
+                           batch["speaker_mask"], train=True, rngs={"dropout": rng})
+      return separation_loss(config, out, batch)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if config.ema_decay:
+      ema = optax.incremental_update(params, ema, 1.0 - config.ema_decay)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite step changes nothing but the counters.
+    new = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                     ema_params=ema, bad_steps=jnp.zeros((), jnp.int32))
+    old = state.replace(step=state.step + 1, bad_steps=state.bad_steps + 1)
+    state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+               "nonfinite": 1 - ok.astype(jnp.int32)}
+    return state, metrics
+
+  predict = make_predict(config, model, shardings.params, batch_sharding)
+
+  # ----------------------------------------------------------------- Checkpoint
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  mngr = checkpoints.manager(ckpt_dir, keep=config.get("keep_checkpoints", 3),
+                             save_every=config.checkpoint_every_steps)
+  start, restored, train_iter = checkpoints.restore_latest(mngr, abstract, make_train_iter)
+  if restored is not None:
+    state = restored
+    print(f"resumed from {ckpt_dir} at step {start}")
+  else:
+    start, train_iter = 0, make_train_iter()
+
+  # ---------------------------------------------------------------------- Evals
+  writer = summaries.Writer(workdir) if is_main else None
+
+  def evaluate(step):
+    params = state.ema_params if config.ema_decay else state.params
+    records = []
+    ds = pipeline.make_dataset(config.dataset, "validation", data_dir, train_mix,
+                               batch_size=local_batch, seed=config.seed + 7,
+                               num_examples=config.eval_examples,
+                               shard_index=jax.process_index(),
+                               shard_count=jax.process_count())
+    first = None
+    for batch in ds:
+      out, masks = predict(params, parallel.global_batch(batch, batch_sharding))
+      out, masks = parallel.local_rows(out), parallel.local_rows(masks)
+      records += evaluation.score_batch(out, batch["sources"], batch["mixture"],
+                                        batch["speaker_mask"],
+                                        pesq_stoi=config.eval_pesq_stoi)
+      if first is None:
+        first = (batch, out, masks)
+    summary = evaluation.summarize(records)
+    if is_main:
+      evaluation.write_json(os.path.join(workdir, "eval", f"validation_{step}.json"),
+                            summary, step=step, split="validation")
+      writer.scalars(step, {f"eval/{k}": v["mean"] for k, v in summary["all"].items()})
+      writer.examples(step, *first, sample_rate=config.model.sample_rate)
+    return summary
+
+  # ----------------------------------------------------------------------- Loop
+  stop = {"sigterm": False}
+  previous = os_signal.signal(os_signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+  step = start
+  bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not is_main,
+                  unit="step", dynamic_ncols=True)
+  try:
+    tick, tick_step = time.perf_counter(), step
+    while step < config.total_steps:
+      batch = next(train_iter)
+      state, metrics = train_step(state, parallel.global_batch(batch, batch_sharding))
+      step += 1
+      metrics = jax.device_get(metrics)
+      bad = int(jax.device_get(state.bad_steps))
+      if bad >= config.max_nonfinite_steps:
+        raise NonFiniteLossError(
+            f"{bad} non-finite losses in a row up to step {step}; last good "
+            f"checkpoint: step {mngr.latest_step()} in {ckpt_dir}")
+      now = time.perf_counter()
+      rate = (step - tick_step) / max(now - tick, 1e-9)
+      bar.update(1)
+      bar.set_postfix(loss=f"{float(metrics['loss']):.3f}", steps_s=f"{rate:.2f}")
+      if writer and (step % config.get("log_every_steps", 10) == 0 or step == 1):
+        writer.scalars(step, {f"train/{k}": float(v) for k, v in metrics.items()}
+                       | {"train/steps_per_second": rate})
+        tick, tick_step = now, step
+      summary = None
+      if step % config.eval_every_steps == 0 or step == config.total_steps:
+        summary = evaluate(step)
+        bar.write(f"step {step}: validation SI-SNRi "
+                  f"{summary['all']['si_snri']['mean']:.2f} dB")
+      if stop["sigterm"]:
+        checkpoints.save(mngr, step, state, train_iter, force=True)
+        mngr.wait_until_finished()
+        bar.write(f"SIGTERM: saved step {step} in {ckpt_dir}; exiting")
+        return state
+      metrics_for_ckpt = ({"si_snri": summary["all"]["si_snri"]["mean"]}
+                          if summary else None)
+      checkpoints.save(mngr, step, state, train_iter, metrics=metrics_for_ckpt,
+                       force=step == config.total_steps)
+    return state
+  finally:
+    os_signal.signal(os_signal.SIGTERM, previous)
+    bar.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    if writer:
+      writer.close()
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        which: str = "best"):
+  """Scores the best (or latest) checkpoint on the test split per speaker count.
+
+  Prints a table and writes eval/test_<which>_<step>.json in the workdir.
+  """
+  mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
+  rules = tuple(tuple(r) for r in config.logical_axis_rules)
+  batch_sharding = parallel.batch_sharding(mesh, rules)
+  local_batch = config.batch_size // jax.process_count()
+  data_dir = ensure_dataset(config)
+  model = AVSeparator(config.model)
+  optimizer, _ = make_optimizer(config)
+  counts = range(min(2, config.max_speakers), config.max_speakers + 1)
+
+  def test_data(n):
+    return pipeline.make_dataset(
+        config.dataset, "test", data_dir, mix_config(config, n), batch_size=local_batch,
+        seed=config.seed + 11, num_examples=config.test_examples,
+        shard_index=jax.process_index(), shard_count=jax.process_count())
+
+  _, abstract, shardings = create_train_state(
+      config, model, optimizer, next(iter(test_data(counts[-1]))), mesh, rules)
+  mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"), keep=1 << 30,
+                             save_every=1)
+  step = (mngr.best_step() if which == "best" else None) or mngr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints to evaluate")
+  state = checkpoints.restore_state(mngr, step, abstract)
+  params = state.ema_params if config.ema_decay else state.params
+  predict = make_predict(config, model, shardings.params, batch_sharding)
+  records = []
+  for n in counts:
+    for batch in tqdm.tqdm(test_data(n), desc=f"test, {n} speakers", unit="batch"):
+      out, _ = predict(params, parallel.global_batch(batch, batch_sharding))
+      records += evaluation.score_batch(parallel.local_rows(out), batch["sources"],
+                                        batch["mixture"], batch["speaker_mask"],
+                                        pesq_stoi=config.eval_pesq_stoi)
+  summary = evaluation.summarize(records)
+  print(f"test split, checkpoint step {step} ({which}):")
+  print(evaluation.format_table(summary))
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, "eval", f"test_{which}_{step}.json")
+    evaluation.write_json(path, summary, step=step, split="test", checkpoint=which)
+    print(f"wrote {path}")
+  mngr.close()
+  return summary
