@@ -7,7 +7,9 @@ that reads back, reporting damaged ones, so a crash mid-save costs one interval.
 import logging
 import os
 
+import flax
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -46,11 +48,16 @@ def restore_latest(mngr, abstract_state, make_iter):
     (step, state, data_iter), or (None, None, None) when there is no checkpoint.
 
   Raises:
-    ValueError: steps exist but none reads back (e.g. written by another config).
+    ValueError: a step holds arrays of other shapes (written by another config), or
+      steps exist but none reads back.
   """
   steps = sorted(mngr.all_steps(), reverse=True)
   errors = []
   for step in steps:
+    mismatch = _shape_mismatch(mngr, step, abstract_state)
+    if mismatch:
+      raise ValueError(f"checkpoint step {step} in {mngr.directory} does not fit this "
+                       f"config (another model config?): {mismatch}")
     data_iter = make_iter()
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
@@ -66,8 +73,7 @@ def restore_latest(mngr, abstract_state, make_iter):
       logging.warning("resumed from step %d; newer damaged steps: %s", step, errors)
     return step, restored["state"], restored["data"]
   if steps:
-    raise ValueError(f"no checkpoint in {mngr.directory} can be restored for this "
-                     f"config: {errors[0]}")
+    raise ValueError(f"no checkpoint in {mngr.directory} can be read: {errors[0]}")
   return None, None, None
 
 
@@ -76,6 +82,30 @@ def restore_state(mngr, step, abstract_state):
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state)))
   return restored["state"]
+
+
+def _shape_mismatch(mngr, step, abstract_state):
+  """The first parameter whose saved shape differs from `abstract_state`'s, in words,
+  or None. Unreadable metadata returns None: the restore reports the damage.
+
+  Checked before restoring because Orbax's failed reads print pages of tracebacks
+  from background threads.
+  """
+  path = os.path.join(str(mngr.directory), str(step), "state")
+  try:
+    saved = ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree["params"]
+  except Exception:  # damaged metadata: let the restore attempt report it
+    return None
+  wanted = flax.serialization.to_state_dict(abstract_state.params)
+  saved_shapes = {jax.tree_util.keystr(k): tuple(v.shape)
+                  for k, v in jax.tree_util.tree_leaves_with_path(saved)}
+  for key, leaf in jax.tree_util.tree_leaves_with_path(wanted):
+    name = jax.tree_util.keystr(key)
+    if name not in saved_shapes:
+      return f"params{name} is not in the checkpoint"
+    if saved_shapes[name] != tuple(leaf.shape):
+      return f"params{name} is {saved_shapes[name]} there, {tuple(leaf.shape)} here"
+  return None
 
 
 def _set_aside(mngr, steps):

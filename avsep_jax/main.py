@@ -68,8 +68,12 @@ def main(argv):
           train.NonFiniteLossError) as e:
     # One line naming the problem; the traceback is in the workdir's log.
     logging.exception("run failed")
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    logging.flush()
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # Not sys.exit: Orbax's background reads of a rejected checkpoint would print
+    # pages of asyncio noise at interpreter shutdown, burying the line above.
+    os._exit(1)
 
 
 if __name__ == "__main__":

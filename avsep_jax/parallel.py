@@ -67,3 +67,14 @@ def local_rows(x):
       seen.add(start)
       rows.append(np.asarray(shard.data))
   return np.concatenate(rows)
+
+
+def nbytes(tree):
+  """Bytes of all arrays in a pytree, counted once (as if unsharded)."""
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def nbytes_on(tree, device):
+  """Bytes of a pytree's shards that live on `device`: what sharding saves."""
+  return sum(s.data.nbytes for x in jax.tree.leaves(tree)
+             for s in x.addressable_shards if s.device == device)

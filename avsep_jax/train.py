@@ -164,6 +164,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   # ---------------------------------------------------------------------- Shard
   state, abstract, shardings = create_train_state(
       config, model, optimizer, next(make_train_iter()), mesh, rules)
+  if is_main:
+    print(f"params: {parallel.nbytes(state.params) / 1e6:.3f} MB, "
+          f"{parallel.nbytes_on(state.params, jax.devices()[0]) / 1e6:.3f} MB on "
+          f"device 0 (mesh {dict(mesh.shape)})")
 
   # --------------------------------------------------------------------- Update
   @functools.partial(jax.jit, in_shardings=(shardings, batch_sharding),

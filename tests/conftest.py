@@ -1,4 +1,4 @@
-"""A SynthAV `tiny` build shared by every data test (built once, even under xdist)."""
+"""A SynthAV `tiny` build shared by every test that reads data (built once, even under xdist)."""
 
 import fcntl
 

@@ -1,0 +1,218 @@
+"""The trainer end to end on the smoke config and tiny SynthAV, in subprocesses.
+
+Each run is `python -m avsep_jax.main`, exactly as a user types it. A shared persistent
+compilation cache keeps the repeated compiles cheap.
+"""
+
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def command(workdir, data_dir, *overrides, config="configs/2spk.py:smoke"):
+  return [sys.executable, "-m", "avsep_jax.main", f"--config={ROOT / config}",
+          f"--workdir={workdir}", f"--config.data_dir={data_dir}",
+          "--config.segment_seconds=1.0", "--config.batch_size=4",
+          "--config.log_every_steps=1", "--config.eval_examples=4",
+          "--config.augment_video=False", *overrides]
+
+
+def env(compile_cache, devices=1):
+  e = dict(os.environ)
+  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  e["JAX_COMPILATION_CACHE_DIR"] = compile_cache
+  e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  e["JAX_PLATFORMS"] = "cpu"
+  return e
+
+
+def run(cmd, compile_cache, devices=1, check=True):
+  result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env=env(compile_cache, devices), timeout=600)
+  if check and result.returncode:
+    raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+  return result
+
+
+def losses(workdir):
+  """{step: train loss} from the run's TensorBoard events."""
+  acc = event_accumulator.EventAccumulator(str(pathlib.Path(workdir) / "tensorboard"))
+  acc.Reload()
+  return {e.step: e.value for e in acc.Scalars("train/loss")}
+
+
+def steps(workdir):
+  path = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
+
+
+def params(workdir, step):
+  """A checkpoint's params as numpy, whatever devices wrote them."""
+  path = str(pathlib.Path(workdir) / "checkpoints" / str(step) / "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(path, restore_args=as_numpy)["params"]
+
+
+def assert_trees_close(a, b, atol):
+  if isinstance(a, dict):
+    assert a.keys() == b.keys()
+    for k in a:
+      assert_trees_close(a[k], b[k], atol)
+  else:
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol)
+
+
+def assert_trees_equal(a, b):
+  if isinstance(a, dict):
+    assert a.keys() == b.keys()
+    for k in a:
+      assert_trees_equal(a[k], b[k])
+  else:
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_short_run_writes_checkpoints_events_and_eval_json(tiny_data_dir, compile_cache,
+                                                           tmp_path):
+  out = run(command(tmp_path, tiny_data_dir, "--config.total_steps=4",
+                    "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2"),
+            compile_cache)
+  assert f"workdir: {tmp_path}" in out.stdout
+  assert 4 in steps(tmp_path) and 2 in steps(tmp_path)
+  assert sorted(losses(tmp_path)) == [1, 2, 3, 4]
+  acc = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"),
+                                           size_guidance={"images": 0, "audio": 0})
+  acc.Reload()
+  tags = acc.Tags()
+  assert "eval/si_snri" in tags["scalars"]
+  assert any(t.endswith("_mask") for t in tags["images"])
+  assert any(t.endswith("_separated") for t in tags["audio"])
+  summary = json.loads((tmp_path / "eval" / "validation_4.json").read_text())
+  assert summary["step"] == 4 and np.isfinite(summary["summary"]["all"]["si_snri"]["mean"])
+
+
+def test_eight_devices_match_one_and_params_are_sharded(tiny_data_dir, compile_cache,
+                                                        tmp_path):
+  common = ("--config.total_steps=3", "--config.eval_every_steps=100",
+            "--config.checkpoint_every_steps=100")
+  one, eight = tmp_path / "one", tmp_path / "eight"
+  out1 = run(command(one, tiny_data_dir, *common, "--config.mesh_shape=(1,1,1)"),
+             compile_cache)
+  out8 = run(command(eight, tiny_data_dir, *common, "--config.mesh_shape=(2,2,2)"),
+             compile_cache, devices=8)
+  a, b = losses(one), losses(eight)
+  assert sorted(a) == sorted(b) == [1, 2, 3]
+  np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=2e-4)
+  assert_trees_close(params(eight, 3), params(one, 3), atol=2e-5)
+
+  def param_line(out):
+    line = next(l for l in out.stdout.splitlines() if l.startswith("params:"))
+    total, on_device = (float(x) for x in re.findall(r"([\d.]+) MB", line))
+    return total, on_device
+
+  total1, device1 = param_line(out1)
+  total8, device8 = param_line(out8)
+  assert total1 == total8 == device1
+  # fsdp 2 x tensor 2: sharded kernels hold a quarter per device; norms, biases and
+  # convolutions stay replicated.
+  assert device8 < 0.5 * total8, (device8, total8)
+
+
+def test_sigkill_and_restart_gives_the_same_params_and_data(tiny_data_dir, compile_cache,
+                                                            tmp_path):
+  common = ("--config.total_steps=6", "--config.eval_every_steps=100",
+            "--config.checkpoint_every_steps=2")
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  run(command(straight, tiny_data_dir, *common), compile_cache)
+
+  proc = subprocess.Popen(command(killed, tiny_data_dir, *common), cwd=ROOT,
+                          env=env(compile_cache), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and not (killed / "checkpoints" / "4").exists():
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert 6 not in steps(killed), "killed too late to test anything"
+  out = run(command(killed, tiny_data_dir, *common), compile_cache)
+  assert "resumed from" in out.stdout
+  assert_trees_equal(params(killed, 6), params(straight, 6))
+  a, b = losses(straight), losses(killed)
+  np.testing.assert_allclose([b[s] for s in (5, 6)], [a[s] for s in (5, 6)], rtol=1e-6)
+
+
+def test_sigterm_saves_the_current_step(tiny_data_dir, compile_cache, tmp_path):
+  proc = subprocess.Popen(
+      command(tmp_path, tiny_data_dir, "--config.total_steps=1000",
+              "--config.eval_every_steps=1000", "--config.checkpoint_every_steps=1000"),
+      cwd=ROOT, env=env(compile_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and not (tmp_path / "checkpoints" / "1").exists():
+    time.sleep(0.05)
+  time.sleep(1.0)
+  proc.send_signal(signal.SIGTERM)
+  stdout, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0
+  line = next(l for l in stdout.splitlines() if l.startswith("SIGTERM: saved step"))
+  step = int(line.split()[3])
+  assert step > 1 and steps(tmp_path)[-1] == step
+
+
+def test_truncated_latest_checkpoint_falls_back(tiny_data_dir, compile_cache, tmp_path):
+  common = ("--config.eval_every_steps=100", "--config.checkpoint_every_steps=2")
+  run(command(tmp_path, tiny_data_dir, "--config.total_steps=4", *common), compile_cache)
+  for f in (tmp_path / "checkpoints" / "4" / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+  out = run(command(tmp_path, tiny_data_dir, "--config.total_steps=6", *common),
+            compile_cache)
+  assert "resumed from" in out.stdout and "at step 2" in out.stdout
+  assert (tmp_path / "checkpoints" / "4.damaged").is_dir()
+  assert {4, 6} <= set(steps(tmp_path))
+
+
+def test_bad_input_gets_one_clear_line_and_keeps_the_workdir(tiny_data_dir, compile_cache,
+                                                             tmp_path):
+  out = run(command(tmp_path, tiny_data_dir, "--config.no_such_key=3"), compile_cache,
+            check=False)
+  assert out.returncode != 0 and "no_such_key" in out.stderr
+
+  blocked = tmp_path / "a_file"
+  blocked.write_text("")
+  out = run(command(blocked / "run", tiny_data_dir), compile_cache, check=False)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1].startswith("error: workdir")
+
+  run(command(tmp_path / "w", tiny_data_dir, "--config.total_steps=2",
+              "--config.eval_every_steps=100", "--config.checkpoint_every_steps=2"),
+      compile_cache)
+  before = sorted(p.name for p in (tmp_path / "w" / "checkpoints").iterdir())
+  # Another model width: the saved params cannot fill this state.
+  out = run(command(tmp_path / "w", tiny_data_dir, "--config.total_steps=4",
+                    "--config.model.audio.d_model=48"), compile_cache, check=False)
+  assert out.returncode == 1
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: checkpoint step 2") and "does not fit" in last, last
+  assert "params['audio_encoder']" in last and "(32,) there, (48,) here" in last
+  assert len(out.stderr.strip().splitlines()) < 20, out.stderr
+  assert sorted(p.name for p in (tmp_path / "w" / "checkpoints").iterdir()) == before
