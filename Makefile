@@ -4,12 +4,17 @@ VENV := .venv
 PIP := $(VENV)/bin/pip
 PY := $(VENV)/bin/python
 
-.PHONY: setup test model-size clean
+.PHONY: setup test train model-size clean
+
+# The main job: trains and validates on SynthAV (built first if absent). On a CPU,
+# `make train CONFIG=configs/2spk.py:lite` is the size to start with.
+CONFIG ?= configs/6spk.py
+WORKDIR ?=
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,experiments]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -17,6 +22,9 @@ setup: $(VENV)/.installed
 # Two workers: CI and the reference machine have two cores.
 test: setup
 	$(PY) -m pytest -n 2 --durations=15 tests
+
+train: setup
+	$(PY) -m avsep_jax.main --config=$(CONFIG) $(if $(WORKDIR),--workdir=$(WORKDIR))
 
 model-size: setup
 	for c in configs/2spk.py configs/6spk.py; do for v in smoke lite full; do \

@@ -10,8 +10,6 @@ INSTALL_REQUIRES = [
     "optax==0.2.8",
     "ml_collections>=1.1",
     "absl-py>=2.1",
-    "chex>=0.1.90",
-    "einops>=0.8",
     "numpy>=2.0",
     "scipy>=1.13",
     # SynthAV and the input pipeline (no TensorFlow needed: array_record files).
@@ -23,6 +21,9 @@ INSTALL_REQUIRES = [
     "espeakng-loader==0.2.4",   # ships libespeak-ng and its voices: no system package
     "soxr==1.1.0",
     "tqdm>=4.66",
+    # Checkpoints and TensorBoard events (tensorboardX writes them without TensorFlow).
+    "orbax-checkpoint==0.12.8",
+    "tensorboardX==2.6.5",
     # Perceptual metrics of avsep_jax.evaluation (wideband PESQ, STOI).
     "pesq==0.0.4",
     "pystoi==0.4.1",
@@ -37,6 +38,7 @@ EXTRAS_REQUIRE = {
         "fast_bss_eval==0.1.4",
         "mir_eval==0.8.2",
         "ott-jax==0.6.0",
+        "tensorboard==2.21.0",      # reads the trainer's event files in tests
     ],
     # Figures made by scripts in experiments/.
     "experiments": ["matplotlib>=3.8"],

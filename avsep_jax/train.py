@@ -17,7 +17,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import tqdm
 
@@ -121,6 +120,42 @@ def create_train_state(config, model, optimizer, example, mesh, rules):
   return state, abstract, shardings
 
 
+def make_train_step(config, model, optimizer, schedule, shardings, batch_sharding):
+  """One jitted update with donated state: (state, batch) -> (state, metrics).
+
+  A step whose loss or gradient is not finite leaves params and optimizer state as
+  they were and increments `bad_steps`.
+  """
+
+  @functools.partial(jax.jit, in_shardings=(shardings, batch_sharding),
+                     out_shardings=(shardings, None), donate_argnums=(0,))
+  def train_step(state, batch):
+    rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
+
+    def loss_fn(params):
+      out, _ = model.apply({"params": params}, batch["mixture"], batch["video"],
+                           batch["speaker_mask"], train=True, rngs={"dropout": rng})
+      return separation_loss(config, out, batch)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if config.ema_decay:
+      ema = optax.incremental_update(params, ema, 1.0 - config.ema_decay)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                     ema_params=ema, bad_steps=jnp.zeros((), jnp.int32))
+    old = state.replace(step=state.step + 1, bad_steps=state.bad_steps + 1)
+    state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+               "nonfinite": 1 - ok.astype(jnp.int32)}
+    return state, metrics
+
+  return train_step
+
+
 def make_predict(config, model, param_shardings, batch_sharding):
   """Jitted inference: (params, batch) -> (waveforms (B, S, T), main-scale masks)."""
 
@@ -170,33 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
           f"device 0 (mesh {dict(mesh.shape)})")
 
   # --------------------------------------------------------------------- Update
-  @functools.partial(jax.jit, in_shardings=(shardings, batch_sharding),
-                     out_shardings=(shardings, None), donate_argnums=(0,))
-  def train_step(state, batch):
-    rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
-
-    def loss_fn(params):
-      out, _ = model.apply({"params": params}, batch["mixture"], batch["video"],
-                           batch["speaker_mask"], train=True, rngs={"dropout": rng})
-      return separation_loss(config, out, batch)
-
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if config.ema_decay:
-      ema = optax.incremental_update(params, ema, 1.0 - config.ema_decay)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    # A non-finite step changes nothing but the counters.
-    new = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                     ema_params=ema, bad_steps=jnp.zeros((), jnp.int32))
-    old = state.replace(step=state.step + 1, bad_steps=state.bad_steps + 1)
-    state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
-               "nonfinite": 1 - ok.astype(jnp.int32)}
-    return state, metrics
-
+  train_step = make_train_step(config, model, optimizer, schedule, shardings,
+                               batch_sharding)
   predict = make_predict(config, model, shardings.params, batch_sharding)
 
   # ----------------------------------------------------------------- Checkpoint

@@ -19,3 +19,9 @@ from avsep_jax.signal.stft import istft
 from avsep_jax.signal.stft import num_frames
 from avsep_jax.signal.stft import SCALES
 from avsep_jax.signal.stft import stft
+
+__all__ = [
+    "SCALES", "griffin_lim", "istft", "multi_resolution_stft_loss", "negative_si_snr",
+    "num_frames", "pit_loss", "sdr", "sdr_improvement", "si_snr", "si_snr_improvement",
+    "spectral_convergence", "stft",
+]

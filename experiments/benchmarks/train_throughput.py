@@ -1,0 +1,101 @@
+r"""Training throughput per config variant: steps/s, examples/s and, on a GPU, MFU.
+
+  python experiments/benchmarks/train_throughput.py --config=configs/2spk.py \
+      --variants=smoke,lite [--batch_size=4] [--seconds=2] [--steps=5]
+
+Times the trainer's own jitted step (`train.make_train_step`, donated state, on the
+config's mesh) on a fixed synthetic batch, so the input pipeline is not measured (see
+input_pipeline.py for it). Prints the median of --steps timed steps after one warm-up
+step. Model FLOPs utilisation = XLA's FLOP count of the step / step time / peak FLOP/s
+of the device (--peak_tflops, e.g. 989 for H100 bf16 dense); CPUs print none.
+"""
+
+import importlib.util
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from avsep_jax import parallel
+from avsep_jax import train
+from avsep_jax.model import AVSeparator
+
+_CONFIG = flags.DEFINE_string("config", "configs/2spk.py", "Config file (no variant).")
+_VARIANTS = flags.DEFINE_list("variants", ["smoke", "lite"], "Variants to time.")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Global batch; default: the config's.")
+_SECONDS = flags.DEFINE_float("seconds", None, "Segment length; default: the config's.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported).")
+_PEAK = flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s for MFU.")
+
+
+def load_config(path, variant):
+  spec = importlib.util.spec_from_file_location("benchmark_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def synthetic_batch(config, rng):
+  """A batch with every slot filled, shaped like the pipeline's."""
+  b, s = config.batch_size, config.model.num_speakers
+  frames = int(round(config.segment_seconds * config.model.video_fps))
+  t = frames * config.model.sample_rate // config.model.video_fps
+  size = config.model.roi_size
+  sources = (0.05 * rng.standard_normal((b, s, t))).astype(np.float32)
+  return {
+      "mixture": sources.sum(1),
+      "sources": sources,
+      "video": rng.integers(0, 256, (b, s, frames, size, size), dtype=np.uint8),
+      "speaker_mask": np.ones((b, s), bool),
+  }
+
+
+def measure(config):
+  mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
+  rules = tuple(tuple(r) for r in config.logical_axis_rules)
+  batch_sharding = parallel.batch_sharding(mesh, rules)
+  model = AVSeparator(config.model)
+  optimizer, schedule = train.make_optimizer(config)
+  host_batch = synthetic_batch(config, np.random.default_rng(0))
+  state, _, shardings = train.create_train_state(config, model, optimizer, host_batch,
+                                                 mesh, rules)
+  step = train.make_train_step(config, model, optimizer, schedule, shardings,
+                               batch_sharding)
+  batch = parallel.global_batch(host_batch, batch_sharding)
+  cost = step.lower(state, batch).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(_STEPS.value):
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  return float(np.median(times)), float(cost.get("flops", 0.0))
+
+
+def main(argv):
+  del argv
+  device = jax.devices()[0]
+  print(f"device: {device.device_kind} x {jax.device_count()}")
+  for variant in _VARIANTS.value:
+    config = load_config(_CONFIG.value, variant)
+    if _BATCH.value:
+      config.batch_size = _BATCH.value
+    if _SECONDS.value:
+      config.segment_seconds = _SECONDS.value
+    seconds, flops = measure(config)
+    line = (f"{_CONFIG.value}:{variant}: batch {config.batch_size} x "
+            f"{config.model.num_speakers} speakers x {config.segment_seconds:g} s: "
+            f"{1 / seconds:.3f} steps/s, {config.batch_size / seconds:.2f} examples/s, "
+            f"{flops / seconds / 1e12:.3f} TFLOP/s")
+    if _PEAK.value:
+      line += f", MFU {flops / seconds / (_PEAK.value * 1e12 * jax.device_count()):.1%}"
+    print(line + f" (median of {_STEPS.value})")
+
+
+if __name__ == "__main__":
+  app.run(main)
