@@ -65,10 +65,12 @@ def ensure_dataset(config) -> str:
 
 def mix_config(config, num_speakers=None) -> pipeline.MixConfig:
   """Mixtures of `num_speakers` (or the config's range), padded to the model's slots."""
+  noise = config.get("noise_snr_db")
   return pipeline.MixConfig(
       min_speakers=num_speakers or config.min_speakers,
       max_speakers=num_speakers or config.max_speakers,
-      slots=config.model.num_speakers, segment_seconds=config.segment_seconds)
+      slots=config.model.num_speakers, segment_seconds=config.segment_seconds,
+      gain_db=tuple(config.gain_db), noise_snr_db=tuple(noise) if noise else None)
 
 
 def make_optimizer(config):

@@ -216,3 +216,33 @@ def test_bad_input_gets_one_clear_line_and_keeps_the_workdir(tiny_data_dir, comp
   assert "params['audio_encoder']" in last and "(32,) there, (48,) here" in last
   assert len(out.stderr.strip().splitlines()) < 20, out.stderr
   assert sorted(p.name for p in (tmp_path / "w" / "checkpoints").iterdir()) == before
+
+
+def test_evaluate_mode_prints_a_table_per_speaker_count(tiny_data_dir, compile_cache,
+                                                        tmp_path):
+  common = ("--config.eval_every_steps=2", "--config.checkpoint_every_steps=2",
+            "--config.test_examples=4")
+  run(command(tmp_path, tiny_data_dir, "--config.total_steps=2", *common,
+              config="configs/6spk.py:smoke", ), compile_cache)
+  out = run(command(tmp_path, tiny_data_dir, "--mode=evaluate", *common,
+                    config="configs/6spk.py:smoke"), compile_cache)
+  rows = [l.split()[0] for l in out.stdout.splitlines() if l.strip()[:1].isdigit()
+          or l.strip().startswith("all")]
+  assert rows == ["2", "3", "4", "5", "6", "all"], out.stdout
+  summary = json.loads(next((tmp_path / "eval").glob("test_best_*.json")).read_text())
+  assert summary["split"] == "test" and set(summary["summary"]) >= {"2", "6", "all"}
+
+
+def test_nonfinite_losses_stop_the_run_naming_step_and_checkpoint(tiny_data_dir,
+                                                                  compile_cache, tmp_path):
+  # A huge learning rate makes every loss after the first update non-finite.
+  out = run(command(tmp_path, tiny_data_dir, "--config.total_steps=20",
+                    "--config.learning_rate=1e30", "--config.warmup_steps=0",
+                    "--config.max_nonfinite_steps=3", "--config.eval_every_steps=100",
+                    "--config.checkpoint_every_steps=1"), compile_cache, check=False)
+  assert out.returncode == 1
+  last = out.stderr.strip().splitlines()[-1]
+  assert "3 non-finite losses in a row up to step" in last, last
+  assert "last good checkpoint: step" in last, last
+  acc_losses = losses(tmp_path)
+  assert np.isfinite(acc_losses[1]) and not np.isfinite(acc_losses[max(acc_losses)])
