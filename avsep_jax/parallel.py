@@ -4,7 +4,6 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 
 def make_mesh(shape, axes):
@@ -38,10 +37,6 @@ def state_shardings(abstract_state, mesh, rules):
   """Shardings for a (boxed) abstract train state from its logical axis names."""
   spec = nn.get_partition_spec(abstract_state)
   return nn.logical_to_mesh_sharding(spec, mesh, rules)
-
-
-def replicated(mesh):
-  return NamedSharding(mesh, P())
 
 
 def global_batch(local_batch, sharding):

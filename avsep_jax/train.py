@@ -6,7 +6,6 @@ TensorBoard events file and evaluation JSON.
 """
 
 import functools
-import logging
 import os
 import signal as os_signal
 import time
@@ -46,20 +45,12 @@ class NonFiniteLossError(RuntimeError):
   """Too many non-finite losses in a row."""
 
 
-def data_dir_of(config) -> str:
-  return os.path.expanduser(config.get("data_dir") or "~/tensorflow_datasets")
-
-
 def ensure_dataset(config) -> str:
-  """Builds SynthAV when the configured one is absent; returns the data dir."""
-  data_dir = data_dir_of(config)
+  """Builds SynthAV unless it is already prepared (then a no-op); returns the data dir."""
+  data_dir = os.path.expanduser(config.get("data_dir") or "~/tensorflow_datasets")
   family, name = sources.parse_name(config.dataset)
   if family == "synth_av":
-    root = sources.dataset_dir(config.dataset, data_dir)
-    if not os.path.isdir(root):
-      logging.info("building %s under %s (first run)", config.dataset, data_dir)
-      print(f"{config.dataset} not found under {data_dir}: building it first")
-      synthav_builder.build(name, data_dir)
+    synthav_builder.build(name, data_dir)
   return data_dir
 
 
@@ -93,7 +84,19 @@ def separation_loss(config, out, batch):
   return jnp.sum(per) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def create_train_state(config, model, optimizer, example, mesh, rules):
+def init_batch(config):
+  """One all-zero example of the model's input shapes: what init needs, no data read."""
+  m = config.model
+  frames = int(round(config.segment_seconds * m.video_fps))
+  samples = frames * m.sample_rate // m.video_fps
+  return {
+      "mixture": jnp.zeros((1, samples), jnp.float32),
+      "video": jnp.zeros((1, m.num_speakers, frames, m.roi_size, m.roi_size), jnp.uint8),
+      "speaker_mask": jnp.ones((1, m.num_speakers), bool),
+  }
+
+
+def create_train_state(config, model, optimizer, mesh, rules):
   """Initial train state created sharded: eval_shape, then a jitted init.
 
   Returns:
@@ -101,9 +104,11 @@ def create_train_state(config, model, optimizer, example, mesh, rules):
     restore target) and shardings (the state's NamedSharding tree).
   """
 
+  example = init_batch(config)
+
   def init_state(rng):
-    variables = model.init(rng, example["mixture"][:1], example["video"][:1],
-                           example["speaker_mask"][:1])
+    variables = model.init(rng, example["mixture"], example["video"],
+                           example["speaker_mask"])
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
@@ -152,7 +157,7 @@ def make_train_step(config, model, optimizer, schedule, shardings, batch_shardin
     old = state.replace(step=state.step + 1, bad_steps=state.bad_steps + 1)
     state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
-               "nonfinite": 1 - ok.astype(jnp.int32)}
+               "nonfinite": 1 - ok.astype(jnp.int32), "bad_steps": state.bad_steps}
     return state, metrics
 
   return train_step
@@ -199,8 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   optimizer, schedule = make_optimizer(config)
 
   # ---------------------------------------------------------------------- Shard
-  state, abstract, shardings = create_train_state(
-      config, model, optimizer, next(make_train_iter()), mesh, rules)
+  state, abstract, shardings = create_train_state(config, model, optimizer, mesh, rules)
   if is_main:
     print(f"params: {parallel.nbytes(state.params) / 1e6:.3f} MB, "
           f"{parallel.nbytes_on(state.params, jax.devices()[0]) / 1e6:.3f} MB on "
@@ -262,8 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       batch = next(train_iter)
       state, metrics = train_step(state, parallel.global_batch(batch, batch_sharding))
       step += 1
-      metrics = jax.device_get(metrics)
-      bad = int(jax.device_get(state.bad_steps))
+      metrics = jax.device_get(metrics)  # the step's one host transfer
+      bad = int(metrics["bad_steps"])
       if bad >= config.max_nonfinite_steps:
         raise NonFiniteLossError(
             f"{bad} non-finite losses in a row up to step {step}; last good "
@@ -321,8 +325,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
         seed=config.seed + 11, num_examples=config.test_examples,
         shard_index=jax.process_index(), shard_count=jax.process_count())
 
-  _, abstract, shardings = create_train_state(
-      config, model, optimizer, next(iter(test_data(counts[-1]))), mesh, rules)
+  _, abstract, shardings = create_train_state(config, model, optimizer, mesh, rules)
   mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"), keep=1 << 30,
                              save_every=1)
   step = (mngr.best_step() if which == "best" else None) or mngr.latest_step()

@@ -3,9 +3,7 @@
 import itertools
 
 import flax.linen as nn
-import jax
 import numpy as np
-import optax
 
 from avsep_jax import parallel
 from avsep_jax import signal
@@ -21,7 +19,7 @@ def test_smoke_model_overfits_one_batch(tiny_data_dir):
   config = ml_collections.ConfigDict(dict(
       model=variants.model_config("smoke", num_speakers=2), seed=0, learning_rate=3e-3,
       warmup_steps=5, total_steps=1000, weight_decay=0.0, grad_clip_norm=5.0,
-      stft_loss_weight=0.0, ema_decay=0.0, mesh_shape=(1, 1, 1),
+      stft_loss_weight=0.0, ema_decay=0.0, segment_seconds=1.0, mesh_shape=(1, 1, 1),
       mesh_axes=("data", "fsdp", "tensor"),
       logical_axis_rules=(("batch", ("data", "fsdp")),)))
   mix = pipeline.MixConfig(max_speakers=2, min_speakers=2, segment_seconds=1.0)
@@ -33,8 +31,7 @@ def test_smoke_model_overfits_one_batch(tiny_data_dir):
   batch_sharding = parallel.batch_sharding(mesh, rules)
   model = AVSeparator(config.model)
   optimizer, schedule = train.make_optimizer(config)
-  state, _, shardings = train.create_train_state(config, model, optimizer, host_batch,
-                                                 mesh, rules)
+  state, _, shardings = train.create_train_state(config, model, optimizer, mesh, rules)
   step = train.make_train_step(config, model, optimizer, schedule, shardings,
                                batch_sharding)
   batch = parallel.global_batch(host_batch, batch_sharding)

@@ -169,8 +169,10 @@ def make_dataset(dataset: str, split: str, data_dir: str, config: MixConfig, *,
     A grain IterDataset; `iter()` gives an iterator with get_state()/set_state().
   """
   source, metadata = sources.open_split(dataset, split, data_dir)
-  num_speakers = int(metadata.get("speakers", {}).get(split, 0)) or _count_speakers(source)
-  mixer = Mixer(source, num_speakers, config)
+  if split not in metadata.get("speakers", {}):
+    raise ValueError(f"{dataset} metadata does not say how many speakers split "
+                     f"{split!r} has")
+  mixer = Mixer(source, int(metadata["speakers"][split]), config)
   if num_examples is None:
     ds = grain.MapDataset.range(len(source)).repeat()
   else:
@@ -191,6 +193,3 @@ def _augment_batch(batch, rng: np.random.Generator):
   # Padded slots stay black: augmentation must not turn silence into a face.
   return dict(batch, video=video * batch["speaker_mask"][:, :, None, None, None])
 
-
-def _count_speakers(source):
-  return len({source[i]["speaker_index"] for i in range(len(source))})

@@ -59,8 +59,7 @@ def measure(config):
   model = AVSeparator(config.model)
   optimizer, schedule = train.make_optimizer(config)
   host_batch = synthetic_batch(config, np.random.default_rng(0))
-  state, _, shardings = train.create_train_state(config, model, optimizer, host_batch,
-                                                 mesh, rules)
+  state, _, shardings = train.create_train_state(config, model, optimizer, mesh, rules)
   step = train.make_train_step(config, model, optimizer, schedule, shardings,
                                batch_sharding)
   batch = parallel.global_batch(host_batch, batch_sharding)

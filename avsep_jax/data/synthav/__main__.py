@@ -11,6 +11,7 @@ import time
 from absl import app
 from absl import flags
 
+from avsep_jax.data import sources
 from avsep_jax.data.synthav import builder as builder_lib
 
 _CONFIG = flags.DEFINE_enum("config", "small", [c.name for c in builder_lib.BUILDER_CONFIGS],
@@ -28,7 +29,7 @@ def _du(path):
 
 def main(argv):
   del argv
-  prepared = os.path.join(_DATA_DIR.value, "synth_av", _CONFIG.value,
+  prepared = os.path.join(sources.dataset_dir(f"synthav/{_CONFIG.value}", _DATA_DIR.value),
                           str(builder_lib.SynthAV.VERSION), "dataset_info.json")
   reused = os.path.isfile(prepared)
   start = time.perf_counter()
