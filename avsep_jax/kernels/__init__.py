@@ -1,0 +1,21 @@
+"""Pallas kernels and their plain-JAX references."""
+
+from avsep_jax.kernels.flash_attention import (
+    SUPPORTED_DTYPES,
+    SUPPORTED_HEAD_DIMS,
+    BlockSizes,
+    flash_attention,
+    visited_key_blocks,
+    visited_query_blocks,
+)
+from avsep_jax.kernels.reference import reference_attention
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "SUPPORTED_HEAD_DIMS",
+    "BlockSizes",
+    "flash_attention",
+    "reference_attention",
+    "visited_key_blocks",
+    "visited_query_blocks",
+]
