@@ -1,6 +1,10 @@
-"""Pallas kernels and their plain-JAX references."""
+"""Pallas kernels and their plain-JAX references.
 
-from avsep_jax.kernels.flash_attention import (
+`flash_attention` (module `flash`, so the function does not shadow its module) and
+`reference_attention` are the stable entry points.
+"""
+
+from avsep_jax.kernels.flash import (
     SUPPORTED_DTYPES,
     SUPPORTED_HEAD_DIMS,
     BlockSizes,

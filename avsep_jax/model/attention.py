@@ -1,17 +1,30 @@
 """The one multi-head attention module used by every encoder, the fusion and the decoder.
 
 `attention_impl` picks the kernel: 'xla' or 'cudnn' through
-`jax.nn.dot_product_attention`. Masks compose: key padding (`key_mask`), `causal`, a
-`(left, right)` sliding window on positions, and an optional full boolean `mask`.
+`jax.nn.dot_product_attention`, or 'pallas' (`avsep_jax.kernels.flash_attention`, which
+never materialises the scores and skips blocks outside a window). Masks compose: key
+padding (`key_mask`), `causal`, a `(left, right)` sliding window on positions, and an
+optional full boolean `mask`.
+
+'pallas' takes masks that are one row per example, (B|1, 1, 1, Tk): key padding and
+absent speakers, passed to the kernel as a key mask. A mask that varies over heads or
+queries (the fusion's speaker-time mask when causal or windowed) and head dims above
+128 go to 'xla' instead, with a warning logged once per reason. Head dims below a
+supported size are zero-padded (the scores do not change); on CPU the kernel runs in
+Pallas interpret mode.
 """
+
+import functools
+import logging
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from avsep_jax import kernels
 from avsep_jax.model import layers
 
-ATTENTION_IMPLS = ("xla", "cudnn")
+ATTENTION_IMPLS = ("xla", "cudnn", "pallas")
 
 
 def dot_product_attention(q, k, v, *, mask=None, causal=False, window=None, impl="xla"):
@@ -23,13 +36,19 @@ def dot_product_attention(q, k, v, *, mask=None, causal=False, window=None, impl
     mask: optional bool, broadcastable to (B, H, Tq, Tk); True = attend.
     causal: key j visible to query i only when j <= i.
     window: optional (left, right): key j visible when i - left <= j <= i + right.
-    impl: 'xla' or 'cudnn'.
+    impl: one of `ATTENTION_IMPLS`.
 
   Returns:
     (B, Tq, H, D) in q's dtype.
   """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+  if impl == "pallas":
+    reason = _pallas_unsupported(q, mask)
+    if reason is None:
+      return _pallas_attention(q, k, v, mask, causal, window)
+    _log_fallback_once(reason)
+    impl = "xla"
   out = jax.nn.dot_product_attention(
       q, k, v, mask=mask, is_causal=causal,
       local_window_size=None if window is None else tuple(window),
@@ -44,6 +63,46 @@ def dot_product_attention(q, k, v, *, mask=None, causal=False, window=None, impl
   has_key = jnp.any(visible, axis=-1)  # (B|1, H|1, Tq)
   has_key = jnp.moveaxis(has_key, -1, 1)[..., None]  # (B|1, Tq, H|1, 1)
   return jnp.where(has_key, out, jnp.zeros((), out.dtype))
+
+
+def _pallas_unsupported(q, mask):
+  """Why the Pallas kernel cannot take this call, or None when it can."""
+  if mask is not None and (mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[2] != 1):
+    return f"a mask of shape {mask.shape} varies over heads or queries"
+  if q.shape[-1] > max(kernels.SUPPORTED_HEAD_DIMS):
+    return f"head dim {q.shape[-1]} > {max(kernels.SUPPORTED_HEAD_DIMS)}"
+  if q.dtype not in kernels.SUPPORTED_DTYPES:
+    return f"dtype {q.dtype}"
+  return None
+
+
+@functools.cache
+def _log_fallback_once(reason):
+  logging.getLogger(__name__).warning(
+      "attention_impl='pallas' falls back to 'xla' here: %s", reason)
+
+
+def _pallas_attention(q, k, v, mask, causal, window):
+  """`dot_product_attention` through the Pallas flash kernel (see the module doc)."""
+  b, tq, _, d = q.shape
+  tk = k.shape[1]
+  key_mask = key_lengths = None
+  if mask is not None:
+    key_mask = jnp.broadcast_to(mask[:, 0, 0, :], (b, tk))
+    # Keys after the last visible one are skipped whole; the mask handles the rest.
+    last = tk - jnp.argmax(key_mask[:, ::-1], axis=-1)
+    key_lengths = jnp.where(jnp.any(key_mask, axis=-1), last, 0)
+  if window is not None:
+    # A side at least the sequence long is no limit; the kernel rejects it as a typo.
+    longest = max(tq, tk) - 1
+    window = (min(int(window[0]), longest), min(int(window[1]), longest))
+  d_kernel = min(s for s in kernels.SUPPORTED_HEAD_DIMS if s >= d)
+  pad = ((0, 0),) * 3 + ((0, d_kernel - d),)
+  q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
+  out = kernels.flash_attention(
+      q, k, v, key_lengths=key_lengths, key_mask=key_mask, causal=causal,
+      window=window, scale=d ** -0.5, interpret=jax.default_backend() == "cpu")
+  return out[..., :d]
 
 
 def _position_mask(tq, tk, causal, window):

@@ -29,7 +29,7 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
   c.griffin_lim_iters = 32
   c.dtype = "float32"            # compute dtype; params stay in param_dtype
   c.param_dtype = "float32"
-  c.attention_impl = "xla"       # or "cudnn"
+  c.attention_impl = "xla"       # or "cudnn", "pallas" (avsep_jax.kernels)
   c.attention_window = ml_collections.config_dict.placeholder(tuple)  # (left, right) frames
   c.causal = False
   c.remat = "none"               # "none" | "full" | "dots"
