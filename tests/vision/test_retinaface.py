@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 import vision_images
 
-from avsep_jax.vision import detect
-from avsep_jax.vision import retinaface
-from avsep_jax.vision import weights
+from avsep_jax.vision import detect, retinaface, weights
 
 # The port computes what the graph computes in float32; differences are rounding only.
 PIXEL_TOL = 0.5
