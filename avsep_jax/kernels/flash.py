@@ -21,8 +21,12 @@ Backends (facts from /work/shared/notes/pallas-gpu.md, sections 1-2):
     dims, and sequences padded to whole blocks.
   * TPU: Mosaic, with the same body on a (B, H, T, D) copy of the inputs (Mosaic
     cannot squeeze the heads axis out of the second-minor place) and the lengths in
-    SMEM. Written to the notes' constraints; not run on a TPU.
-Compiler parameters are chosen per platform because Triton's fail on TPU.
+    SMEM. Each program holds one head's whole K/V (or Q and dO) in VMEM, which bounds
+    T; a TPU-tuned version would add a key-block grid axis, as splash attention does.
+Compiler parameters are chosen per platform because Triton's fail on TPU. The Triton
+and Mosaic lowerings are checked from a CPU host by the tests
+(`jit(...).trace(...).lower(lowering_platforms=...)`); the device compilers run only
+on the device.
 """
 
 import dataclasses
@@ -43,11 +47,15 @@ SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16),
                     jnp.dtype(jnp.float16))
 PLATFORMS = ("interpret", "gpu", "tpu")
 
+# Scores are kept in base 2 (exp2 is the cheap exponential on GPUs): the log-sum-exp
+# residual is log2-sum-exp2 of scale * log2(e) * q.k, and softmax probabilities are
+# unchanged.
+_LOG2_E = 1.4426950408889634
 # Finite, so a block whose keys are all masked gives exp(mask - mask) = 1 instead of
 # exp(-inf + inf) = NaN; the kernels then zero those entries explicitly.
 _MASK_VALUE = -1e30
-# Triton's dot needs every operand dimension >= 16; Mosaic TPU tiles the lane
-# dimension (the log-sum-exp's block) by 128.
+# Triton's dot needs every operand dimension >= 16; Mosaic TPU tiles arrays by
+# (8, 128), and key blocks are the lane dimension of the score tiles and key mask.
 _MIN_BLOCK = {"interpret": 16, "gpu": 16, "tpu": 128}
 _MAX_BLOCK = 512
 
@@ -338,7 +346,7 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def _forward(static, q, k, v, lengths, key_mask):
-  """(out like q, lse (B, H, Tq_pad, 1) f32); +inf marks rows with no visible key."""
+  """(out like q, lse (B, H, Tq_pad, 1) f32, base 2); +inf marks rows that see nothing."""
   blocks = static.blocks
   b, h, tq_pad, tk_pad, d = _dims(static, q, k)
   grid = (tq_pad // blocks.block_q, b, h)
@@ -528,15 +536,15 @@ def _forward_kernel(length_ref, q_ref, k_ref, v_ref, *refs, static):
     k_start = pl.multiple_of(j * bk, bk)
     k = k_ref[pl.ds(k_start, bk), :]
     v = v_ref[pl.ds(k_start, bk), :]
-    s = _dot(q, k, 1, 1) * static.scale
+    s = _dot(q, k, 1, 1) * (static.scale * _LOG2_E)
     if masked:
       visible = _visible(static, q_start, k_start, bq, bk, key_length, key_mask_ref)
       s = jnp.where(visible, s, _MASK_VALUE)
     new_max = jnp.maximum(row_max, jnp.max(s, axis=1))
-    p = jnp.exp(s - new_max[:, None])
+    p = jnp.exp2(s - new_max[:, None])
     if masked:  # a row masked so far has new_max == _MASK_VALUE and p == 1
       p = jnp.where(visible, p, 0.0)
-    correction = jnp.exp(row_max - new_max)
+    correction = jnp.exp2(row_max - new_max)
     row_sum = correction * row_sum + jnp.sum(p, axis=1)
     acc = acc * correction[:, None] + _dot(p.astype(v.dtype), v, 1, 0)
     return acc, new_max, row_sum
@@ -548,8 +556,8 @@ def _forward_kernel(length_ref, q_ref, k_ref, v_ref, *refs, static):
   seen = row_sum > 0
   inverse = jnp.where(seen, 1.0 / jnp.where(seen, row_sum, 1.0), 0.0)
   out_ref[...] = (acc * inverse[:, None]).astype(out_ref.dtype)
-  # +inf makes the backward's exp(s - lse) exactly 0 on rows that see nothing.
-  lse = jnp.where(seen, row_max + jnp.log(jnp.where(seen, row_sum, 1.0)), jnp.inf)
+  # +inf makes the backward's exp2(s - lse) exactly 0 on rows that see nothing.
+  lse = jnp.where(seen, row_max + jnp.log2(jnp.where(seen, row_sum, 1.0)), jnp.inf)
   lse_ref[...] = lse[:, None]
 
 
@@ -569,12 +577,12 @@ def _dq_kernel(length_ref, q_ref, k_ref, v_ref, *refs, static):
     k_start = pl.multiple_of(j * bk, bk)
     k = k_ref[pl.ds(k_start, bk), :]
     v = v_ref[pl.ds(k_start, bk), :]
-    s = _dot(q, k, 1, 1) * static.scale
-    if masked:  # exp(_MASK_VALUE - lse) == 0, since lse >= every visible score
+    s = _dot(q, k, 1, 1) * (static.scale * _LOG2_E)
+    if masked:  # exp2(_MASK_VALUE - lse) == 0, since lse >= every visible score
       s = jnp.where(
           _visible(static, q_start, k_start, bq, bk, key_length, key_mask_ref),
           s, _MASK_VALUE)
-    p = jnp.exp(s - lse)
+    p = jnp.exp2(s - lse)
     dp = _dot(d_out, v, 1, 1)
     ds = p * (dp - delta)
     return dq + _dot(ds.astype(k.dtype), k, 1, 0)
@@ -601,12 +609,12 @@ def _dkv_kernel(length_ref, q_ref, k_ref, v_ref, *refs, static):
     d_out = do_ref[pl.ds(q_start, bq), :]
     lse = lse_ref[pl.ds(q_start, bq), :]
     delta = delta_ref[pl.ds(q_start, bq), :]
-    s = _dot(q, k, 1, 1) * static.scale
+    s = _dot(q, k, 1, 1) * (static.scale * _LOG2_E)
     if masked:
       s = jnp.where(
           _visible(static, q_start, k_start, bq, bk, key_length, key_mask_ref),
           s, _MASK_VALUE)
-    p = jnp.exp(s - lse)
+    p = jnp.exp2(s - lse)
     dv = dv + _dot(p.astype(d_out.dtype), d_out, 0, 0)
     dp = _dot(d_out, v, 1, 1)
     ds = p * (dp - delta)

@@ -10,7 +10,8 @@ from avsep_jax.kernels import block_ranges
 
 
 def reference_attention(q, k, v, *, key_lengths=None, causal=False, window=None,
-                        interpret=False, key_mask=None, scale=None, **unused):
+                        interpret=False, key_mask=None, scale=None, block_sizes=None,
+                        platform=None):
   """Softmax attention in float32; rows with no visible key return zeros.
 
   Args:
@@ -19,15 +20,15 @@ def reference_attention(q, k, v, *, key_lengths=None, causal=False, window=None,
     key_lengths: optional (B,) int; keys j >= key_lengths[b] are masked.
     causal: key j visible to query i only when j <= i.
     window: optional (left, right); key j visible when i - left <= j <= i + right.
-    interpret: ignored (the kernel's switch, accepted so both share call sites).
     key_mask: optional (B, Tk) bool, False masks that key.
     scale: score scale; default 1 / sqrt(D).
-    **unused: the kernel's tuning arguments (block sizes, platform), ignored.
+    interpret, block_sizes, platform: the kernel's execution arguments, ignored here
+      so that both functions can share call sites.
 
   Returns:
     (B, Tq, H, D) in q's dtype.
   """
-  del interpret, unused
+  del interpret, block_sizes, platform
   b, tq, _, d = q.shape
   tk = k.shape[1]
   scale = d ** -0.5 if scale is None else scale
