@@ -60,7 +60,7 @@ def detect_file(path, detector, fps=avio.VIDEO_FPS):
       batch.clear()
       yield from (faces_as_json(*dets.frame(i)) for i in range(len(dets)))
   if batch:
-    dets = detector(np.stack(batch))
+    dets = detector(np.stack(batch), pad_to_batch=True)
     yield from (faces_as_json(*dets.frame(i)) for i in range(len(dets)))
 
 

@@ -70,7 +70,7 @@ def detect_frames(path, detector, fps=avio.VIDEO_FPS, progress=None):
   per_frame, batch, size = [], [], None
 
   def flush():
-    dets = detector(np.stack(batch))
+    dets = detector(np.stack(batch), pad_to_batch=True)
     per_frame.extend(dets.frame(i) for i in range(len(dets)))
     if progress is not None:
       progress(len(batch))

@@ -475,11 +475,14 @@ class FaceDetector:
     self.config = config
     self.batch_size = batch_size
 
-  def __call__(self, frames):
+  def __call__(self, frames, pad_to_batch=None):
     """Detects faces.
 
     Args:
       frames: (N, H, W, 3) or (H, W, 3) uint8 RGB (all frames one size).
+      pad_to_batch: pad a short last batch with blank frames to `batch_size`, so that
+        no second program is compiled for it (a video's last batch); default: for
+        N > 1 (a single image runs alone).
 
     Returns:
       `Detections` for the N frames (N = 1 for a single image).
@@ -489,14 +492,17 @@ class FaceDetector:
       frames = frames[None]
     if frames.ndim != 4 or frames.shape[-1] != 3:
       raise ValueError(f"expected (N, H, W, 3) RGB frames, got shape {frames.shape}")
+    if pad_to_batch is None:
+      pad_to_batch = len(frames) > 1
     parts = []
     for start in range(0, len(frames), self.batch_size):
       chunk = frames[start:start + self.batch_size]
-      short = self.batch_size - len(chunk)
-      if short and len(frames) > self.batch_size:
-        chunk = np.concatenate([chunk, np.zeros((short,) + chunk.shape[1:], chunk.dtype)])
+      real = len(chunk)
+      if pad_to_batch and real < self.batch_size:
+        blank = np.zeros((self.batch_size - real,) + chunk.shape[1:], chunk.dtype)
+        chunk = np.concatenate([chunk, blank])
       out = jax.device_get(detect_batch(self.variables, chunk, self.config))
-      parts.append({k: v[:self.batch_size - short] if short else v for k, v in out.items()})
+      parts.append({k: v[:real] for k, v in out.items()})
     if not parts:
       m = self.config.max_faces
       return Detections(np.zeros((0, m, 4), np.float32), np.zeros((0, m), np.float32),
