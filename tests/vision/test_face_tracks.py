@@ -7,7 +7,7 @@ import pytest
 import vision_images
 from PIL import Image
 
-from avsep_jax.vision import avio, pipeline, roi
+from avsep_jax.vision import avio, detect, pipeline, roi
 
 SRC_FPS, SRC_FRAMES, SRC_RATE = 30, 18, 44_100
 
@@ -91,3 +91,10 @@ def test_missing_streams_fail_before_detection(tmp_path, face_detector):
   avio.write_audio(voice, np.zeros(1600))
   with pytest.raises(avio.MediaError, match="no video stream"):
     pipeline.face_tracks(voice, detector=face_detector)
+
+
+def test_detect_lists_every_video_frame(two_faces_mp4, face_detector):
+  """`python -m avsep_jax.vision.detect VIDEO --json`: one entry per 25 fps frame."""
+  frames = list(detect.detect_file(two_faces_mp4, face_detector))
+  assert len(frames) == 15
+  assert all(len(faces) == 2 for faces in frames)

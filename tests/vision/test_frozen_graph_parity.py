@@ -1,7 +1,10 @@
 """Optional: the Flax port against the frozen graph run live by TensorFlow, on real photos.
 
-Runs only where tensorflow (e.g. tensorflow-cpu) is importable; the always-running
-tests compare against the graph's recorded output instead (test_retinaface.py).
+Runs only where tensorflow is importable; the always-running tests compare against the
+graph's recorded output instead (test_retinaface.py). To run it:
+
+    pip install tensorflow-cpu==2.21.0
+    python -m pytest -n 0 tests/vision/test_frozen_graph_parity.py
 """
 
 import numpy as np
