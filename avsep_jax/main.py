@@ -20,7 +20,8 @@ from ml_collections import config_flags
 from avsep_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard, eval JSON.")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                                "Checkpoints, TensorBoard, eval JSON, config.json.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
                           "train (and validate), or evaluate a checkpoint on test.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
@@ -48,6 +49,16 @@ def check_writable(workdir: str):
     raise PermissionError(f"workdir {workdir} is not writable")
 
 
+def save_config(config, workdir: str):
+  """Writes the run's resolved config (overrides applied) as `config.json` in the
+  workdir, so that tools reading a checkpoint (`separate`) rebuild the same model."""
+  path = os.path.join(workdir, "config.json")
+  tmp = f"{path}.partial{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -61,6 +72,8 @@ def main(argv):
     print(f"workdir: {os.path.abspath(workdir)}")
     logging.get_absl_handler().use_absl_log_file("log", workdir)
     if _MODE.value == "train":
+      if jax.process_index() == 0:
+        save_config(config, workdir)
       train.train_and_evaluate(config, workdir)
     else:
       train.evaluate_checkpoint(config, workdir, which=_CHECKPOINT.value)
