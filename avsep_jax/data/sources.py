@@ -5,16 +5,31 @@ import os
 import tensorflow_datasets as tfds
 
 # Config dataset names -> TFDS builder names.
-_BUILDERS = {"synthav": "synth_av"}
+_BUILDERS = {"synthav": "synth_av", "lrs2": "lrs2", "lrs3": "lrs3",
+             "voxceleb2": "voxceleb2"}
+# The real corpora (avsep_jax.data.corpora): their name alone means this config.
+_DEFAULT_CONFIGS = {"lrs2": "main", "lrs3": "main", "voxceleb2": "main"}
 
 
 def parse_name(dataset: str):
-  """'synthav/small' -> ('synth_av', 'small')."""
+  """'synthav/small' -> ('synth_av', 'small'); 'lrs3' -> ('lrs3', 'main')."""
   family, _, config = dataset.partition("/")
+  config = config or _DEFAULT_CONFIGS.get(family)
   if family not in _BUILDERS or not config:
     raise ValueError(f"unknown dataset {dataset!r}; expected one of "
-                     f"{[f'{k}/<config>' for k in _BUILDERS]}")
+                     f"{[f'{k}/<config>' for k in _BUILDERS]} or "
+                     f"{sorted(_DEFAULT_CONFIGS)}")
   return _BUILDERS[family], config
+
+
+def build_command(dataset: str, data_dir: str) -> str:
+  """The command that builds `dataset` into `data_dir`."""
+  family = dataset.partition("/")[0]
+  _, config = parse_name(dataset)
+  if family in _DEFAULT_CONFIGS:
+    return (f"python -m avsep_jax.data.corpora --corpus {family} --config {config} "
+            f"--manual_dir <the downloaded corpus> --data_dir {data_dir}")
+  return f"python -m avsep_jax.data.{family} --config={config} --data_dir={data_dir}"
 
 
 def dataset_dir(dataset: str, data_dir: str) -> str:
@@ -27,7 +42,7 @@ def open_split(dataset: str, split: str, data_dir: str):
   """A prepared split as a TFDS ArrayRecord data source, plus the dataset's metadata.
 
   Args:
-    dataset: e.g. 'synthav/tiny'.
+    dataset: e.g. 'synthav/tiny', 'lrs3' or 'lrs3/pretrain'.
     split: 'train', 'validation' or 'test'.
     data_dir: the TFDS data directory it was built into.
 
@@ -42,11 +57,9 @@ def open_split(dataset: str, split: str, data_dir: str):
   versions = sorted(os.listdir(root)) if os.path.isdir(root) else []
   versions = [v for v in versions if os.path.isfile(os.path.join(root, v, "dataset_info.json"))]
   if not versions:
-    family, config = dataset.split("/")
     raise FileNotFoundError(
         f"{dataset} is not built under {data_dir} (no {root}/<version>/dataset_info.json)."
-        f" Build it with: python -m avsep_jax.data.{family} --config={config} "
-        f"--data_dir={data_dir}")
+        f" Build it with: {build_command(dataset, data_dir)}")
   path = os.path.join(root, versions[-1])
   try:
     builder = tfds.builder_from_directory(path)

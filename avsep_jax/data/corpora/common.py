@@ -1,0 +1,271 @@
+"""What the LRS2, LRS3 and VoxCeleb2 builders share: clips, face preprocessing, the builder.
+
+A corpus module lists its clips from the official layout (`list_clips(manual_dir, config)
+-> {split: [Clip]}`); everything else is here. Each clip goes through
+`vision.pipeline.face_tracks(max_tracks=1)` in a pool of worker processes (RetinaFace
+loaded once per worker) and becomes one example with SynthAV's features:
+
+    audio (T,) int16 16 kHz mono, video (F, 88, 88) uint8 25 fps mouth ROI,
+    text, speaker_id, speaker_index, av_offset (0: unknown, the corpora are in sync),
+
+plus `clip_id` and `face_visibility` (fraction of frames where the face was detected).
+The dataset metadata holds `speakers` per split (what `pipeline.make_dataset` needs to
+mix distinct speakers) and `skipped` per split and reason: clips without a face, listed
+but missing, or that FFmpeg cannot read are left out and counted.
+"""
+
+import abc
+import dataclasses
+import hashlib
+import multiprocessing
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+import tqdm
+
+from avsep_jax.vision import avio, pipeline, retinaface
+
+SAMPLE_RATE = 16_000
+FPS = 25
+ROI_SIZE = 88
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+  """One utterance video of the corpus.
+
+  Attributes:
+    clip_id: unique within the corpus, e.g. 'main/6330311066473698535/00011'.
+    speaker_id: who speaks (for LRS2 the programme, for LRS3 the talk: the corpora
+      have no speaker labels, and these are the closest units).
+    video: path of the mp4.
+    audio: path of a separate audio file (VoxCeleb2's m4a), or None for the mp4's own.
+    transcript: path of the LRS `.txt`, or None.
+  """
+
+  clip_id: str
+  speaker_id: str
+  video: str
+  audio: str | None = None
+  transcript: str | None = None
+
+
+@dataclasses.dataclass
+class CorpusConfig(tfds.core.BuilderConfig):
+  """Which parts of a corpus become which split.
+
+  Attributes:
+    with_pretrain: add the corpus's `pretrain` part to the train split.
+    validation_fraction: for corpora without an official validation list, the share
+      of training speakers held out (chosen by a hash of their id: stable across builds
+      and machines), at least `min_validation_speakers`.
+    min_validation_speakers: enough for mixtures of that many speakers.
+  """
+
+  with_pretrain: bool = False
+  validation_fraction: float = 0.02
+  min_validation_speakers: int = 2
+
+
+def read_transcript(path):
+  """The `Text:` line of an LRS2/LRS3 `.txt` ('' if there is none)."""
+  if path is None or not os.path.isfile(path):
+    return ""
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for line in f:
+      if line.startswith("Text:"):
+        return line[len("Text:"):].strip().replace("{", "").replace("}", "")
+  return ""
+
+
+def held_out(ids, fraction, minimum):
+  """A stable subset of `ids` (by sha256 order): max(minimum, round(fraction * n)),
+  leaving at least `minimum` ids out of it when there are enough."""
+  ids = sorted(set(ids), key=lambda s: hashlib.sha256(s.encode()).hexdigest())
+  n = max(minimum, round(fraction * len(ids)))
+  n = min(n, max(0, len(ids) - minimum))
+  return set(ids[:n])
+
+
+def split_by_speaker(clips, fraction, minimum):
+  """(train, validation) clips, validation holding `held_out` speakers."""
+  val = held_out([c.speaker_id for c in clips], fraction, minimum)
+  return ([c for c in clips if c.speaker_id not in val],
+          [c for c in clips if c.speaker_id in val])
+
+
+# --------------------------------------------------------------- Preprocessing
+
+_DETECTOR = None
+
+
+def _detector():
+  """The worker's RetinaFace, loaded on first use (once per process)."""
+  global _DETECTOR  # pylint: disable=global-statement
+  if _DETECTOR is None:
+    _DETECTOR = retinaface.FaceDetector(
+        config=retinaface.DetectorConfig(max_size=640))
+  return _DETECTOR
+
+
+def preprocess(clip):
+  """One clip -> (example dict, None) or (None, why it was skipped)."""
+  if not os.path.isfile(clip.video):
+    return None, "missing"
+  try:
+    faces = pipeline.face_tracks(clip.video, max_tracks=1, detector=_detector(),
+                                 roi_size=ROI_SIZE, fps=FPS, sample_rate=SAMPLE_RATE,
+                                 with_audio=clip.audio is None)
+    audio = faces.audio
+    if audio is None:
+      audio = avio.fit_audio_to_frames(
+          avio.read_audio(clip.audio, SAMPLE_RATE, align_to_video=False),
+          faces.num_frames, fps=FPS, sample_rate=SAMPLE_RATE)
+  except pipeline.NoFaceError:
+    return None, "no_face"
+  except avio.MediaError:
+    return None, "unreadable"
+  track = faces.tracks[0]
+  return {
+      "audio": np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16),
+      "video": faces.rois[0],
+      "text": read_transcript(clip.transcript),
+      "speaker_id": clip.speaker_id,
+      "clip_id": clip.clip_id,
+      "av_offset": 0,
+      "face_visibility": np.float32(track.visibility),
+  }, None
+
+
+def _preprocess_job(job):
+  speaker_index, clip = job
+  example, reason = preprocess(clip)
+  if example is not None:
+    example["speaker_index"] = speaker_index
+  return clip, example, reason
+
+
+# --------------------------------------------------------------------- Builder
+
+
+class CorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A real AV corpus from its manual download directory, through our face pipeline.
+
+  Subclasses set VERSION, BUILDER_CONFIGS, MANUAL_DOWNLOAD_INSTRUCTIONS and implement
+  `list_clips`. Builders are not registered by name in TFDS: build them with
+  `avsep_jax.data.corpora.build` (or `python -m avsep_jax.data.corpora`) and read them
+  with `tfds.builder_from_directory` (what `data.sources.open_split` does).
+  """
+
+  def __init__(self, *, num_workers: int = 2, **kwargs):
+    """`num_workers` processes run the face pipeline; 0 runs it in this process."""
+    super().__init__(**kwargs)
+    self.num_workers = num_workers
+
+  @abc.abstractmethod
+  def list_clips(self, manual_dir: str) -> dict:
+    """{split: [Clip]} from the official layout under `manual_dir`."""
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.__doc__,
+        features=tfds.features.FeaturesDict({
+            "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16, encoding="zlib",
+                                          doc="16 kHz mono, int16"),
+            "video": tfds.features.Tensor(shape=(None, ROI_SIZE, ROI_SIZE),
+                                          dtype=np.uint8, encoding="zlib",
+                                          doc="25 fps grayscale mouth ROI"),
+            "text": tfds.features.Text(),
+            "speaker_id": tfds.features.Text(),
+            "speaker_index": tfds.features.Scalar(dtype=np.int32,
+                                                  doc="index of the speaker in its split"),
+            "clip_id": tfds.features.Text(),
+            "av_offset": tfds.features.Scalar(
+                dtype=np.int32, doc="video lags audio by this many frames (0: unknown)"),
+            "face_visibility": tfds.features.Scalar(
+                dtype=np.float32, doc="fraction of frames where the face was detected"),
+        }),
+        metadata=tfds.core.MetadataDict(),
+        homepage=getattr(self, "HOMEPAGE", None),
+    )
+
+  def _split_generators(self, dl_manager):
+    manual_dir = os.fspath(dl_manager.manual_dir)
+    clips = self.list_clips(manual_dir)
+    empty = [s for s in SPLITS if not clips.get(s)]
+    if empty:
+      raise ValueError(f"{self.name}: no clips for split(s) {empty} under {manual_dir}; "
+                       f"is it the corpus's official layout?\n"
+                       f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    metadata = self.info.metadata
+    metadata["speakers"] = {}
+    metadata["skipped"] = {}
+    metadata["clips_listed"] = {s: len(c) for s, c in clips.items()}
+    return {split: self._generate_examples(split, clips[split]) for split in clips}
+
+  def _generate_examples(self, split, clips):
+    speakers = sorted({c.speaker_id for c in clips})
+    index = {s: i for i, s in enumerate(speakers)}
+    jobs = [(index[c.speaker_id], c) for c in clips]
+    kept_speakers, skipped = set(), {}
+    for clip, example, reason in self._run(jobs, f"{self.name}/{split}"):
+      if example is None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+        continue
+      kept_speakers.add(clip.speaker_id)
+      yield clip.clip_id, example
+    # Speaker indices stay those of the listing (the mixer only compares them); the
+    # count is of speakers with at least one kept clip.
+    self.info.metadata["speakers"][split] = len(kept_speakers)
+    self.info.metadata["skipped"][split] = skipped
+    if skipped:
+      print(f"{self.name}/{split}: skipped {sum(skipped.values())} of {len(clips)} "
+            f"clips ({', '.join(f'{k}: {v}' for k, v in sorted(skipped.items()))})")
+
+  def _run(self, jobs, desc):
+    bar = tqdm.tqdm(total=len(jobs), desc=desc, unit="clip")
+    if self.num_workers == 0:
+      for job in jobs:
+        yield _preprocess_job(job)
+        bar.update(1)
+      bar.close()
+      return
+    # Spawned, not forked, workers: the caller may hold JAX's threads.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(self.num_workers) as pool:
+      for result in pool.imap(_preprocess_job, jobs, chunksize=4):
+        yield result
+        bar.update(1)
+    bar.close()
+
+
+def build(builder_cls, manual_dir, data_dir, config=None, num_workers=None):
+  """Builds (or finds already built) one corpus under `data_dir`.
+
+  Args:
+    builder_cls: e.g. `lrs3.LRS3`.
+    manual_dir: where the corpus was downloaded and extracted (its official layout).
+    data_dir: the TFDS data directory to build into.
+    config: a config name (default: the builder's default) or a `CorpusConfig`.
+    num_workers: face-pipeline processes (default: one per CPU; 0: in this process).
+
+  Returns:
+    The prepared builder; `builder.data_dir` is where the files are.
+  """
+  names = [c.name for c in builder_cls.BUILDER_CONFIGS]
+  config = config or builder_cls.DEFAULT_CONFIG_NAME
+  if isinstance(config, str) and config not in names:
+    raise ValueError(f"unknown {builder_cls.name} config {config!r}; choose from {names}")
+  if not os.path.isdir(manual_dir):
+    raise FileNotFoundError(f"manual_dir {manual_dir} does not exist.\n"
+                            f"{builder_cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  if num_workers is None:
+    num_workers = os.cpu_count() or 2
+  builder = builder_cls(config=config, data_dir=data_dir, file_format="array_record",
+                        num_workers=num_workers)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
