@@ -1,4 +1,4 @@
-"""Small Linen building blocks shared by every encoder: dense, norm, MLP.
+"""Small Linen building blocks shared by every encoder: dense, norm, MLP, depthwise conv.
 
 Every parameter carries logical axis names (see `configs/*.py: logical_axis_rules`), so
 the same module shards over a ('data', 'fsdp', 'tensor') mesh without code changes.
@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Dtype = Any
@@ -29,7 +30,7 @@ class LayerOptions:
   """Settings every block shares, passed down as one hashable attribute.
 
   Attributes:
-    attention_impl: 'xla' | 'cudnn'.
+    attention_impl: 'xla' | 'cudnn' | 'pallas'.
     causal: time attention sees only the past and present.
     window: optional (left, right) time-attention window in this stream's frames.
     dropout_rate: dropout on attention and MLP outputs.
@@ -101,3 +102,46 @@ class MlpBlock(nn.Module):
     h = nn.gelu(h)
     h = nn.Dropout(self.opts.dropout_rate)(h, deterministic=self.opts.deterministic)
     return dense(d, (MLP, EMBED), name="wo", **self.opts.kw)(h)
+
+
+class DepthwiseConv(nn.Module):
+  """2-D depthwise convolution (one filter per channel, no bias) as shifted products.
+
+  Same parameter as `nn.Conv(C, kernel, feature_group_count=C)` (kernel (kh, kw, 1, C)),
+  but XLA's CPU backend runs grouped convolutions several times slower than this
+  elementwise form, which it fuses into one loop (and which is as fast on GPU).
+
+  Attributes:
+    kernel_size: (kh, kw).
+    strides: (sh, sw).
+    padding: 'SAME' | 'VALID' | ((top, bottom), (left, right)); 'SAME' pads as
+      `nn.Conv` does (the extra pixel at the bottom/right).
+  """
+
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: Any = "SAME"
+  kernel_init: Any = nn.initializers.lecun_normal()
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """(N, H, W, C) -> (N, H', W', C)."""
+    (kh, kw), (sh, sw), c = self.kernel_size, self.strides, x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, 1, c), self.param_dtype)
+    kernel, x = kernel.astype(self.dtype), x.astype(self.dtype)
+    padding = self.padding
+    if isinstance(padding, str):
+      padding = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), padding)
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    h, w = x.shape[1:3]
+    if (h, w) == (kh, kw):  # a global filter: one output pixel
+      return jnp.einsum("nhwc,hwc->nc", x, kernel[:, :, 0])[:, None, None]
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    out = None
+    for i in range(kh):
+      for j in range(kw):
+        tap = x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] * kernel[i, j, 0]
+        out = tap if out is None else out + tap
+    return out

@@ -7,6 +7,7 @@ slot's video never influences another's tokens here.
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from avsep_jax.model import layers
@@ -22,6 +23,59 @@ def _conv_init(ndim):
   return nn.with_logical_partitioning(
       nn.initializers.lecun_normal(),
       (None,) * ndim + (layers.CONV_IN, layers.CONV_OUT))
+
+
+class FramesAsChannelsConv3D(nn.Module):
+  """SAME 3-D convolution of a one-channel video as a 2-D conv over stacked frames.
+
+  The kt frames around each frame become kt input channels of one 2-D conv: the same
+  result and parameter as `nn.Conv(features, (kt, kh, kw))` with stride 1 in time, but
+  XLA's CPU backend runs this about eight times faster than its one-channel 3-D conv.
+  """
+
+  features: int
+  kernel: tuple[int, int, int]
+  strides: tuple[int, int, int] = (1, 1, 1)
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """(N, F, H, W, 1) -> (N, F, H', W', features), H' = ceil(H / stride)."""
+    kt, kh, kw = self.kernel
+    if self.strides[0] != 1:
+      raise ValueError(f"time stride must be 1, got {self.strides}")
+    kernel = self.param("kernel", _conv_init(3), (kt, kh, kw, 1, self.features),
+                        self.param_dtype).astype(self.dtype)
+    n, f = x.shape[:2]
+    (before, after), = jax.lax.padtype_to_pads((f,), (kt,), (1,), "SAME")
+    padded = jnp.pad(x[..., 0].astype(self.dtype), ((0, 0), (before, after), (0, 0), (0, 0)))
+    stacked = jnp.stack([padded[:, i:i + f] for i in range(kt)], axis=-1)
+    stacked = stacked.reshape((n * f,) + stacked.shape[2:])   # (N*F, H, W, kt)
+    y = jax.lax.conv_general_dilated(
+        stacked, jnp.transpose(kernel[..., 0, :], (1, 2, 0, 3)), self.strides[1:],
+        "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y.reshape((n, f) + y.shape[1:])
+
+
+class PointwiseConv(nn.Module):
+  """A 1x1 (x1) convolution as a matmul over channels, with nn.Conv's parameter.
+
+  XLA's CPU backend runs the matmul about four times faster than the convolution.
+  """
+
+  features: int
+  ndim: int = 2
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """(N, ..., C_in) -> (N, ..., features)."""
+    kernel = self.param("kernel", _conv_init(self.ndim),
+                        (1,) * self.ndim + (x.shape[-1], self.features), self.param_dtype)
+    return jnp.einsum("...c,cd->...d", x.astype(self.dtype),
+                      kernel.reshape(kernel.shape[-2:]).astype(self.dtype))
 
 
 class ConvNormAct(nn.Module):
@@ -44,9 +98,20 @@ class ConvNormAct(nn.Module):
   def __call__(self, x):
     """(N, ..., C_in) -> (N, ..., features)."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = nn.Conv(self.features, self.kernel, strides=self.strides, padding=self.padding,
-                feature_group_count=self.groups, use_bias=False,
-                kernel_init=_conv_init(len(self.kernel)), name="conv", **kw)(x)
+    if len(self.kernel) == 3 and x.shape[-1] == 1:
+      x = FramesAsChannelsConv3D(self.features, self.kernel, self.strides or (1, 1, 1),
+                                 name="conv", **kw)(x)
+    elif (self.groups == 1 and all(k == 1 for k in self.kernel)
+          and all(st == 1 for st in self.strides or ())):
+      x = PointwiseConv(self.features, len(self.kernel), name="conv", **kw)(x)
+    elif self.groups > 1 and self.groups == x.shape[-1] == self.features:
+      x = layers.DepthwiseConv(self.kernel, self.strides or (1, 1), self.padding,
+                               kernel_init=_conv_init(2), name="conv", **kw)(x)
+    else:
+      x = nn.Conv(self.features, self.kernel, strides=self.strides,
+                  padding=self.padding, feature_group_count=self.groups,
+                  use_bias=False, kernel_init=_conv_init(len(self.kernel)),
+                  name="conv", **kw)(x)
     x = layers.layer_norm(name="ln", **kw)(x)
     if self.linear:
       return x

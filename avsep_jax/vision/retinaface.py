@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avsep_jax.model import layers
+
 Dtype = Any
 
 # MobileNetV2 (alpha 1.0) blocks 1..15 as (output channels, stride); expansion 6 throughout.
@@ -51,44 +53,6 @@ _PAD_S2 = ((0, 1), (0, 1))
 _PAD_SAME3 = ((1, 1), (1, 1))
 
 
-class DepthwiseConv3x3(nn.Module):
-  """3x3 depthwise convolution (one filter per channel, no bias) as nine shifted products.
-
-  Same parameter as `nn.Conv(C, (3, 3), feature_group_count=C)` (kernel (3, 3, 1, C)), but
-  XLA's CPU backend runs grouped convolutions about six times slower than this
-  elementwise form, which it fuses into one loop (and which is as fast on GPU).
-
-  Attributes:
-    stride: 1 (one pixel of padding on every side) or 2 (bottom/right padding only).
-    dtype: compute dtype.
-  """
-
-  stride: int = 1
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    """(N, H, W, C) -> (N, H', W', C): H' = H for stride 1, floor(H / 2) for stride 2."""
-    c = x.shape[-1]
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, 1, c), jnp.float32)
-    kernel = kernel.astype(self.dtype)
-    x = x.astype(self.dtype)
-    h, w = x.shape[1:3]
-    if self.stride == 1:
-      x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-      ho, wo = h, w
-    else:
-      x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-      ho, wo = h // 2, w // 2
-    s = self.stride
-    out = None
-    for i in range(3):
-      for j in range(3):
-        tap = x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] * kernel[i, j, 0]
-        out = tap if out is None else out + tap
-    return out
-
-
 def _batch_norm(eps, name, dtype):
   return nn.BatchNorm(use_running_average=True, epsilon=eps, dtype=dtype, name=name)
 
@@ -110,7 +74,10 @@ class MobileNetV2(nn.Module):
     def conv_bn(h, features, kernel, name, bn_name, strides=1, padding="VALID",
                 depthwise=False, act=True):
       if depthwise:
-        h = DepthwiseConv3x3(strides, dt, name=name)(h)
+        # Nine shifted products: XLA's CPU backend runs grouped convs ~6x slower.
+        h = layers.DepthwiseConv((3, 3), (strides, strides),
+                                 _PAD_S2 if strides == 2 else _PAD_SAME3,
+                                 dtype=dt, name=name)(h)
       else:
         h = nn.Conv(features, (kernel, kernel), strides=strides, padding=padding,
                     use_bias=False, dtype=dt, name=name)(h)
