@@ -73,15 +73,31 @@ def make_optimizer(config):
       optax.adamw(schedule, weight_decay=config.weight_decay)), schedule
 
 
-def separation_loss(config, out, batch):
-  """Negative SI-SNR (+ weighted multi-resolution STFT loss) over real speakers."""
+def separation_loss(config, out, aux, batch):
+  """Negative SI-SNR (+ weighted MR-STFT and lip-activity losses) over real speakers.
+
+  Returns the total and its parts {name: scalar}, each averaged over real speakers.
+  """
   mask = batch["speaker_mask"]
-  per = -signal.si_snr(out, batch["sources"])
+  parts = {"neg_si_snr": -signal.si_snr(out, batch["sources"])}
   if config.stft_loss_weight:
-    per = per + config.stft_loss_weight * signal.multi_resolution_stft_loss(
-        out, batch["sources"])
-  per = jnp.where(mask, per, 0.0)
-  return jnp.sum(per) / jnp.maximum(jnp.sum(mask), 1)
+    parts["stft"] = signal.multi_resolution_stft_loss(out, batch["sources"])
+  if config.activity_loss_weight:
+    m = config.model
+    parts["activity"] = signal.activity_loss(
+        aux["activity_logits"],
+        signal.activity_targets(batch["sources"], m.sample_rate // m.video_fps))
+  pit_weight = config.pit_weight
+  weights = {"neg_si_snr": 1.0 - pit_weight, "stft": config.stft_loss_weight,
+             "activity": config.activity_loss_weight, "pit": pit_weight}
+  count = jnp.maximum(jnp.sum(mask), 1)
+  parts = {k: jnp.sum(jnp.where(mask, v, 0.0)) / count for k, v in parts.items()}
+  if pit_weight:
+    # The best assignment of slots to speakers: lets the decoder learn to separate
+    # before the video has learned which voice is whose.
+    per_example, _ = signal.pit_loss(out, batch["sources"], mask)
+    parts["pit"] = jnp.mean(per_example)
+  return sum(weights[k] * v for k, v in parts.items()), parts
 
 
 def init_batch(config):
@@ -140,11 +156,11 @@ def make_train_step(config, model, optimizer, schedule, shardings, batch_shardin
     rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
 
     def loss_fn(params):
-      out, _ = model.apply({"params": params}, batch["mixture"], batch["video"],
-                           batch["speaker_mask"], train=True, rngs={"dropout": rng})
-      return separation_loss(config, out, batch)
+      out, aux = model.apply({"params": params}, batch["mixture"], batch["video"],
+                             batch["speaker_mask"], train=True, rngs={"dropout": rng})
+      return separation_loss(config, out, aux, batch)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -157,7 +173,8 @@ def make_train_step(config, model, optimizer, schedule, shardings, batch_shardin
     old = state.replace(step=state.step + 1, bad_steps=state.bad_steps + 1)
     state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
-               "nonfinite": 1 - ok.astype(jnp.int32), "bad_steps": state.bad_steps}
+               "nonfinite": 1 - ok.astype(jnp.int32), "bad_steps": state.bad_steps,
+               **{f"loss_{k}": v for k, v in parts.items()}}
     return state, metrics
 
   return train_step

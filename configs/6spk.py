@@ -43,6 +43,8 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   config.weight_decay = 1e-2
   config.grad_clip_norm = 5.0
   config.stft_loss_weight = 0.1        # multi-resolution STFT loss, added to -SI-SNR
+  config.activity_loss_weight = 1.0    # per-frame speech activity from the lips alone
+  config.pit_weight = 0.0              # share of -SI-SNR under the best slot assignment
 
   # Mesh axes and how logical parameter/activation axes map onto them.
   config.mesh_shape = (-1, 1, 1)       # -1: all remaining devices

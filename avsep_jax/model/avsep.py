@@ -96,7 +96,8 @@ class AVSeparator(nn.Module):
         scale_waveforms: (B, K, S, T), one reconstruction per scale (their mean is
           the output);
         alignment: (B, S, T_audio, F) video-to-audio alignment weights;
-        audio_tokens: (B, T_audio, d), speaker_tokens: (B, S, T_audio, d) (fused).
+        audio_tokens: (B, T_audio, d), speaker_tokens: (B, S, T_audio, d) (fused);
+        activity_logits: (B, S, F) per-video-frame speech activity of each slot.
     """
     cfg = self.config
     check_inputs(cfg, mixture, video, speaker_mask, sample_rate)
@@ -123,6 +124,11 @@ class AVSeparator(nn.Module):
         opts, window=_window_in_video_frames(window, frames_per_video))
     video_tokens = visual_lib.VisualEncoder(cfg.visual, video_opts,
                                             name="visual_encoder")(video)
+    # Speech activity read from the lips alone, before any audio is mixed in: the
+    # trainer's activity loss gives the visual encoder a direct signal, which breaks
+    # the symmetric start where every slot outputs the same mask.
+    activity = layers.dense(1, (layers.EMBED, None), name="activity_head",
+                            **opts.kw)(video_tokens)[..., 0].astype(jnp.float32)
     audio, streams, weights = fusion_lib.Fusion(
         cfg.fusion, main_hop, cfg.sample_rate, cfg.video_fps, opts, name="fusion")(
             audio, video_tokens, speaker_mask)
@@ -139,6 +145,7 @@ class AVSeparator(nn.Module):
         "alignment": weights,
         "audio_tokens": audio,
         "speaker_tokens": streams,
+        "activity_logits": activity,
     }
     return scale_waves.mean(axis=1), aux
 

@@ -8,6 +8,8 @@ from the module path (`from avsep_jax.signal.stft import stft`).
 
 from avsep_jax.signal.griffin_lim import griffin_lim
 from avsep_jax.signal.griffin_lim import spectral_convergence
+from avsep_jax.signal.losses import activity_loss
+from avsep_jax.signal.losses import activity_targets
 from avsep_jax.signal.losses import multi_resolution_stft_loss
 from avsep_jax.signal.losses import negative_si_snr
 from avsep_jax.signal.losses import pit_loss
@@ -21,7 +23,7 @@ from avsep_jax.signal.stft import SCALES
 from avsep_jax.signal.stft import stft
 
 __all__ = [
-    "SCALES", "griffin_lim", "istft", "multi_resolution_stft_loss", "negative_si_snr",
-    "num_frames", "pit_loss", "sdr", "sdr_improvement", "si_snr", "si_snr_improvement",
-    "spectral_convergence", "stft",
+    "SCALES", "activity_loss", "activity_targets", "griffin_lim", "istft",
+    "multi_resolution_stft_loss", "negative_si_snr", "num_frames", "pit_loss", "sdr",
+    "sdr_improvement", "si_snr", "si_snr_improvement", "spectral_convergence", "stft",
 ]

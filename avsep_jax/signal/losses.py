@@ -1,4 +1,5 @@
-"""Training losses: negative SI-SNR, permutation-invariant training, MR-STFT."""
+"""Training losses: negative SI-SNR, permutation-invariant training, MR-STFT, and
+the per-frame speech activity that the visual stream learns to predict."""
 
 import itertools
 from typing import Callable, Sequence
@@ -127,3 +128,39 @@ def multi_resolution_stft_loss(
     total += (spectral_convergence(ref_mag, est_mag)
               + jnp.mean(log_distance, axis=(-2, -1)))
   return total / len(scales)
+
+
+def activity_targets(sources: jnp.ndarray, frame_length: int,
+                     range_db: float = 40.0) -> jnp.ndarray:
+  """Per-frame speech activity of each source, as a soft target in [0, 1].
+
+  A frame's level is its mean power in dB relative to the loudest frame of the same
+  source, mapped linearly from -range_db (0) to 0 dB (1). Silent sources give 0.
+
+  Args:
+    sources: (..., T) waveforms.
+    frame_length: samples per frame (the video frame: sample_rate / fps).
+    range_db: dynamic range mapped onto [0, 1].
+
+  Returns:
+    (..., T // frame_length) float32.
+  """
+  f = sources.shape[-1] // frame_length
+  frames = sources[..., :f * frame_length].reshape(sources.shape[:-1] + (f, frame_length))
+  power = jnp.mean(jnp.square(frames.astype(jnp.float32)), axis=-1)
+  level = 10.0 * jnp.log10(power + 1e-10)
+  loudest = jnp.max(level, axis=-1, keepdims=True)
+  active = jnp.clip((level - loudest) / range_db + 1.0, 0.0, 1.0)
+  return jnp.where(loudest > -90.0, active, 0.0)
+
+
+def activity_loss(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
+  """Binary cross-entropy with soft targets, mean over frames: (..., F) x2 -> (...,).
+
+  Lengths may differ by the frame a video rounds to; the common prefix is compared.
+  """
+  f = min(logits.shape[-1], targets.shape[-1])
+  logits, targets = logits[..., :f].astype(jnp.float32), targets[..., :f]
+  per_frame = (jnp.maximum(logits, 0.0) - logits * targets
+               + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+  return jnp.mean(per_frame, axis=-1)

@@ -52,6 +52,7 @@ def test_output_shapes_for_each_speaker_count(speakers):
   t_audio = 1 + SAMPLES // 160
   assert aux["alignment"].shape == (2, speakers, t_audio, FRAMES)
   assert aux["scale_waveforms"].shape == (2, 3, speakers, SAMPLES)
+  assert aux["activity_logits"].shape == (2, speakers, FRAMES)
   for n_fft, _, hop in model_lib.variants.STFT_SCALES:
     assert aux["masks"][str(n_fft)].shape == (2, speakers, 1 + SAMPLES // hop,
                                               n_fft // 2 + 1)
@@ -73,6 +74,19 @@ def test_padded_slot_does_not_change_other_speakers():
   other[:, 0] = other[:, 2]
   out3, _ = apply(smoke_params(), mixture, other, mask)
   assert np.abs(np.asarray(out3)[:, 1] - out[:, 1]).max() > 1e-5
+
+
+def test_activity_is_read_from_each_slot_video_alone():
+  mixture, video, mask = make_inputs(2, 3, seed=6)
+  apply = jitted_apply()
+  _, aux = apply(smoke_params(), mixture, video, mask)
+  other_mix = np.random.default_rng(7).normal(size=mixture.shape).astype(np.float32)
+  other_video = video.copy()
+  other_video[:, 1] = 255 - other_video[:, 1]
+  _, aux2 = apply(smoke_params(), other_mix, other_video, mask)
+  a, a2 = np.asarray(aux["activity_logits"]), np.asarray(aux2["activity_logits"])
+  np.testing.assert_allclose(a2[:, [0, 2]], a[:, [0, 2]], atol=1e-5)
+  assert np.abs(a2[:, 1] - a[:, 1]).max() > 1e-4
 
 
 def test_permuting_speakers_permutes_outputs():

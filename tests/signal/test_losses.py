@@ -1,9 +1,11 @@
-"""pit_loss against scipy's assignment solver; MR-STFT loss against librosa."""
+"""pit_loss against scipy's assignment solver; MR-STFT loss and activity targets
+against librosa; activity loss against optax's sigmoid cross-entropy."""
 
 import jax
 import jax.numpy as jnp
 import librosa
 import numpy as np
+import optax
 import pytest
 import scipy.optimize
 
@@ -204,3 +206,29 @@ def test_mr_stft_loss_rejects_bad_input():
     avsig.multi_resolution_stft_loss(x, x, scales=())
   with pytest.raises(ValueError, match="reflect padding"):
     _mr_stft_loss(x[:, :400], x[:, :400])
+
+
+def test_activity_targets_match_librosa_rms_levels():
+  rng = np.random.default_rng(3)
+  frame = 640
+  envelope = np.repeat(10.0 ** (rng.uniform(-3, 0, 20)), frame)  # -60..0 dB per frame
+  sources = np.stack([rng.standard_normal(20 * frame + 100) * np.pad(envelope, (0, 100)),
+                      np.zeros(20 * frame + 100)]).astype(np.float32)
+  got = np.asarray(avsig.activity_targets(jnp.asarray(sources), frame, range_db=40.0))
+
+  rms = librosa.feature.rms(y=sources[0].astype(np.float64), frame_length=frame,
+                            hop_length=frame, center=False)[0]
+  level = 20 * np.log10(rms)
+  expected = np.clip((level - level.max()) / 40.0 + 1.0, 0.0, 1.0)
+  assert got.shape == (2, 20)
+  np.testing.assert_allclose(got[0], expected, atol=1e-4)
+  np.testing.assert_array_equal(got[1], 0.0)  # a silent (padded) source is inactive
+
+
+def test_activity_loss_is_sigmoid_cross_entropy():
+  rng = np.random.default_rng(4)
+  logits = rng.normal(0, 3, (2, 3, 26)).astype(np.float32)
+  targets = rng.uniform(0, 1, (2, 3, 25)).astype(np.float32)  # one frame shorter
+  got = avsig.activity_loss(jnp.asarray(logits), jnp.asarray(targets))
+  expected = optax.sigmoid_binary_cross_entropy(logits[..., :25], targets).mean(-1)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
