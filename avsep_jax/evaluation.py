@@ -17,6 +17,7 @@ import os
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pesq
 import pystoi
@@ -25,7 +26,7 @@ import scipy.stats
 from avsep_jax import signal
 
 # Metrics in record, summary and table order.
-_TIME_DOMAIN_METRICS = ("si_snr", "si_snri", "sdr", "sdri")
+_TIME_DOMAIN_METRICS = ("si_snr", "si_snri", "si_snri_pit", "sdr", "sdri")
 _PERCEPTUAL_METRICS = ("pesq", "stoi")
 # Decimals shown by `format_table`: dB and PESQ (MOS scale) differences below
 # 0.01 are noise; STOI lives in [0, 1].
@@ -33,11 +34,18 @@ _DECIMALS = {"stoi": 3}
 
 
 @jax.jit
-def _time_domain_scores(estimates, sources, mixture):
-  """(B, S, T), (B, S, T), (B, T) -> {metric: (B, S)} in dB."""
+def _time_domain_scores(estimates, sources, mixture, speaker_mask):
+  """(B, S, T), (B, S, T), (B, T), (B, S) -> {metric: (B, S)} in dB.
+
+  si_snri_pit scores each reference against the estimate the best slot assignment
+  gives it: how well the voices are separated, whoever's slot they come out of.
+  """
+  _, perm = signal.pit_loss(estimates, sources, speaker_mask)
+  assigned = jnp.take_along_axis(estimates, perm[:, :, None], axis=1)
   return {
       "si_snr": signal.si_snr(estimates, sources),
       "si_snri": signal.si_snr_improvement(estimates, sources, mixture),
+      "si_snri_pit": signal.si_snr_improvement(assigned, sources, mixture),
       "sdr": signal.sdr(estimates, sources),
       "sdri": signal.sdr_improvement(estimates, sources, mixture),
   }
@@ -96,7 +104,8 @@ def score_batch(estimates: np.ndarray,
 
   Returns:
     One dict per real speaker, in (example, slot) order: "num_speakers" (int,
-    real speakers in its example), "si_snr", "si_snri", "sdr", "sdri" (dB),
+    real speakers in its example), "si_snr", "si_snri", "si_snri_pit" (under the
+    best slot assignment), "sdr", "sdri" (dB),
     and with `pesq_stoi` "pesq" (MOS-LQO, at most 4.64) and "stoi" (0 to 1).
     Values are Python floats; a metric that is undefined for a speaker (PESQ
     of a silent estimate, PESQ and STOI of a clip under ~0.4 s of speech, SDR
@@ -132,7 +141,7 @@ def score_batch(estimates: np.ndarray,
         f"resample or pass pesq_stoi=False.")
 
   # Padded rows are scored too (fixed shapes, one compilation) and dropped.
-  scores = jax.device_get(_time_domain_scores(estimates, sources, mixture))
+  scores = jax.device_get(_time_domain_scores(estimates, sources, mixture, speaker_mask))
   records = []
   for b, s in zip(*np.nonzero(speaker_mask)):
     record = {"num_speakers": int(speaker_mask[b].sum())}

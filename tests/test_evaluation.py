@@ -14,7 +14,7 @@ from avsep_jax import evaluation
 
 SAMPLE_RATE = 16000
 NUM_SAMPLES = 40000  # 2.5 s
-METRICS = ("si_snr", "si_snri", "sdr", "sdri", "pesq", "stoi")
+METRICS = ("si_snr", "si_snri", "si_snri_pit", "sdr", "sdri", "pesq", "stoi")
 
 
 def _speech_like(num_samples, seed):
@@ -128,6 +128,26 @@ def test_si_snr_matches_fast_bss_eval(batch):
                              rtol=0, atol=1e-3)
   np.testing.assert_allclose([r["si_snri"] for r in records],
                              expected - baseline, rtol=0, atol=1e-3)
+
+
+def test_si_snri_pit_scores_swapped_slots_like_fast_bss_eval(batch):
+  sources, mixture, mask = batch
+  estimates = _degraded(sources, mask, 5.0)
+  estimates[1] = estimates[1, [2, 0, 1]]  # example 1's voices come out rotated
+  records = evaluation.score_batch(estimates, sources, mixture, mask,
+                                   pesq_stoi=False)
+  rotated = records[2:]
+  ref = sources[1][:, None].astype(np.float64)
+  best = fast_bss_eval.numpy.si_sdr(sources[1].astype(np.float64),
+                                    estimates[1].astype(np.float64), zero_mean=True)
+  baseline = fast_bss_eval.numpy.si_sdr(
+      ref, np.repeat(mixture[1][None, None], 3, 0).astype(np.float64),
+      zero_mean=True)[:, 0]
+  np.testing.assert_allclose([r["si_snri_pit"] for r in rotated], best - baseline,
+                             rtol=0, atol=1e-3)
+  assert all(r["si_snri"] < r["si_snri_pit"] - 10 for r in rotated)
+  for r in records[:2]:  # example 0 is in order: both scores agree
+    assert r["si_snri_pit"] == pytest.approx(r["si_snri"], abs=1e-4)
 
 
 def test_undefined_scores_are_nan_not_errors(batch):
