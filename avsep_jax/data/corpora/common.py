@@ -163,6 +163,18 @@ class CorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """`num_workers` processes run the face pipeline; 0 runs it in this process."""
     super().__init__(**kwargs)
     self.num_workers = num_workers
+    self._pool = None
+
+  def download_and_prepare(self, *args, **kwargs):
+    """TFDS's, with one worker pool for all splits (each worker compiles RetinaFace
+    once), shut down at the end."""
+    try:
+      return super().download_and_prepare(*args, **kwargs)
+    finally:
+      if self._pool is not None:
+        self._pool.terminate()
+        self._pool.join()
+        self._pool = None
 
   @abc.abstractmethod
   def list_clips(self, manual_dir: str) -> dict:
@@ -233,12 +245,12 @@ class CorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         bar.update(1)
       bar.close()
       return
-    # Spawned, not forked, workers: the caller may hold JAX's threads.
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(self.num_workers) as pool:
-      for result in pool.imap(_preprocess_job, jobs, chunksize=4):
-        yield result
-        bar.update(1)
+    if self._pool is None:
+      # Spawned, not forked, workers: this process may hold JAX's threads.
+      self._pool = multiprocessing.get_context("spawn").Pool(self.num_workers)
+    for result in self._pool.imap(_preprocess_job, jobs, chunksize=4):
+      yield result
+      bar.update(1)
     bar.close()
 
 
