@@ -5,6 +5,7 @@ that reads back, reporting damaged ones, so a crash mid-save costs one interval.
 """
 
 import logging
+import math
 import os
 
 import flax
@@ -13,27 +14,52 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _si_snri(metrics):
+  # Steps saved between evaluations carry no score: they rank below every scored
+  # step, so BestN can let them go (it keeps steps it cannot rank otherwise).
+  return metrics.get("si_snri", -math.inf)
+
+
 def manager(directory, *, keep: int, save_every: int, async_save: bool = True):
-  """A CheckpointManager keeping the `keep` newest steps and the best by SI-SNRi."""
+  """A CheckpointManager keeping the `keep` newest steps and the best by SI-SNRi.
+
+  `best_step()` is the step with the highest validation SI-SNRi (None before any
+  evaluation); `best_fn` is what makes Orbax record each step's metrics.
+  """
   # With best_fn alone, max_to_keep keeps the best N and can delete the newest step;
   # this policy keeps both.
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(keep),
-      ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["si_snri"], n=1),
+      ocp.checkpoint_managers.BestN(get_metric_fn=_si_snri, n=1),
   ])
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_every, preservation_policy=policy,
-      enable_async_checkpointing=async_save)
+      best_fn=_si_snri, best_mode="max", enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(directory, options=options)
 
 
+def choose_step(mngr, which="best"):
+  """(step, which) of the best-scored step, or of the newest when `which` is 'latest'
+  or no step was scored (runs shorter than one evaluation); (None, which) if empty."""
+  steps = sorted(mngr.all_steps())
+  if not steps:
+    return None, which
+  if which == "best":
+    scored = [(m["si_snri"], s) for s in steps
+              if isinstance(m := mngr.metrics(s), dict) and "si_snri" in m]
+    if scored:
+      return max(scored)[1], "best"
+  return steps[-1], "latest"
+
+
 def save(mngr, step, state, data_iter, *, metrics=None, force=False):
-  """Saves state + iterator position; returns whether a save started."""
+  """Saves state + iterator position (+ {"si_snri": dB} when evaluated); returns
+  whether a save started."""
   return mngr.save(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=grain.checkpoint.CheckpointSave(data_iter)),
-      metrics=metrics, force=force)
+      metrics=metrics or {}, force=force)
 
 
 def restore_latest(mngr, abstract_state, make_iter):

@@ -145,23 +145,13 @@ class LoadedModel:
 
 
 def _choose_step(ckpt_dir, which):
-  """(step, which) of the step with the best validation SI-SNRi, or the newest step.
-
-  Metrics are read per step rather than through `best_step()`, which answers the
-  newest step whenever the manager was opened without a `best_fn`.
-  """
+  """(step, which) of the step with the best validation SI-SNRi, or the newest step."""
   mngr = checkpoints.manager(ckpt_dir, keep=1 << 30, save_every=1, async_save=False)
   try:
-    steps = sorted(mngr.all_steps())
-    if not steps:
+    step, which = checkpoints.choose_step(mngr, which)
+    if step is None:
       raise CheckpointError(f"no checkpoint steps in {ckpt_dir}")
-    if which == "best":
-      scored = [(m["si_snri"], s) for s in steps
-                if isinstance(m := mngr.metrics(s), dict) and "si_snri" in m]
-      if scored:
-        return max(scored)[1], "best"
-    # No step was scored (runs shorter than one evaluation, or metrics not kept).
-    return steps[-1], "latest"
+    return step, which
   finally:
     mngr.close()
 

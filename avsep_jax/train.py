@@ -205,6 +205,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     raise ValueError(f"batch_size {config.batch_size} does not divide over "
                      f"{jax.process_count()} processes")
   local_batch = config.batch_size // jax.process_count()
+  if config.eval_examples < config.batch_size:
+    # Evaluation batches are whole batches: fewer examples would score nothing.
+    raise ValueError(f"eval_examples ({config.eval_examples}) must be at least "
+                     f"batch_size ({config.batch_size})")
 
   # ---------------------------------------------------------------------- Input
   data_dir = ensure_dataset(config)
@@ -345,7 +349,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   _, abstract, shardings = create_train_state(config, model, optimizer, mesh, rules)
   mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"), keep=1 << 30,
                              save_every=1)
-  step = (mngr.best_step() if which == "best" else None) or mngr.latest_step()
+  step, which = checkpoints.choose_step(mngr, which)
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints to evaluate")
   state = checkpoints.restore_state(mngr, step, abstract)

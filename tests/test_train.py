@@ -197,6 +197,12 @@ def test_bad_input_gets_one_clear_line_and_keeps_the_workdir(tiny_data_dir, comp
             check=False)
   assert out.returncode != 0 and "no_such_key" in out.stderr
 
+  out = run(command(tmp_path / "e", tiny_data_dir, "--config.eval_examples=1"),
+            compile_cache, check=False)
+  assert out.returncode == 1
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("error:") and "eval_examples (1)" in last, last
+
   blocked = tmp_path / "a_file"
   blocked.write_text("")
   out = run(command(blocked / "run", tiny_data_dir), compile_cache, check=False)
