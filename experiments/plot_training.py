@@ -2,7 +2,8 @@ r"""Validation curves of a run from its eval JSON files.
 
   python experiments/plot_training.py --workdir=workdirs/2spk_lite --output=docs/curve.png
 
-Plots validation SI-SNRi and SDRi (mean and 95 % interval) against the training step
+Plots validation SI-SNRi and SDRi (and SI-SNRi under the best slot assignment, when
+the run has it; mean and 95 % interval) against the training step
 and prints them as a table. Needs the `experiments` extra (matplotlib).
 """
 
@@ -41,7 +42,10 @@ def main(argv):
   steps = [p for p, _ in points]
   fig, ax = plt.subplots(figsize=(6, 3.5))
   print(f"{'step':>6} {'SI-SNRi':>15} {'SDRi':>15}")
-  for metric, label in (("si_snri", "SI-SNRi"), ("sdri", "SDRi")):
+  metrics = [("si_snri", "SI-SNRi"), ("sdri", "SDRi")]
+  if all("si_snri_pit" in s for _, s in points):  # runs evaluated since it exists
+    metrics.append(("si_snri_pit", "SI-SNRi, best slot assignment"))
+  for metric, label in metrics:
     mean = [s[metric]["mean"] for _, s in points]
     ci = [s[metric]["ci95"] or 0.0 for _, s in points]
     ax.plot(steps, mean, marker="o", label=label)
