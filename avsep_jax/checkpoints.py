@@ -122,7 +122,12 @@ def _shape_mismatch(mngr, step, abstract_state):
     saved = ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree["params"]
   except Exception:  # damaged metadata: let the restore attempt report it
     return None
-  wanted = flax.serialization.to_state_dict(abstract_state.params)
+  return params_mismatch(saved, flax.serialization.to_state_dict(abstract_state.params))
+
+
+def params_mismatch(saved, wanted):
+  """The first leaf of `wanted` missing from `saved` or of another shape, in words
+  ("params['a']['b'] is (32,) there, (48,) here"), or None when all fit."""
   saved_shapes = {jax.tree_util.keystr(k): tuple(v.shape)
                   for k, v in jax.tree_util.tree_leaves_with_path(saved)}
   for key, leaf in jax.tree_util.tree_leaves_with_path(wanted):

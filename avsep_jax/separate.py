@@ -196,7 +196,7 @@ def load_model(checkpoint, which="best", config_arg=None):
   if not saved.get(key):
     raise CheckpointError(f"checkpoint step {step} in {ckpt_dir} holds no params")
   wanted = abstract_params(config)
-  mismatch = _shape_mismatch(saved[key], wanted)
+  mismatch = checkpoints.params_mismatch(saved[key], wanted)
   if mismatch:
     raise CheckpointError(
         f"checkpoint step {step} in {ckpt_dir} does not fit the config from "
@@ -213,23 +213,6 @@ def load_model(checkpoint, which="best", config_arg=None):
   return LoadedModel(config=config, params=params, step=step, which=which,
                      params_key=key, checkpoint_dir=ckpt_dir,
                      config_source=config_source)
-
-
-def _shape_mismatch(saved, wanted):
-  """The first parameter whose saved shape differs from the model's, in words, or None."""
-  saved_shapes = {jax.tree_util.keystr(k): tuple(v.shape)
-                  for k, v in jax.tree_util.tree_leaves_with_path(saved)}
-  for k, leaf in jax.tree_util.tree_leaves_with_path(wanted):
-    name = jax.tree_util.keystr(k)
-    if name not in saved_shapes:
-      return f"params{name} is not in the checkpoint (another model config?)"
-    if saved_shapes[name] != tuple(leaf.shape):
-      return (f"params{name} is {saved_shapes[name]} there, {tuple(leaf.shape)} in "
-              f"this config")
-  return None
-
-
-# ---------------------------------------------------------------------- Separation
 
 
 def chunk_starts(num_frames, chunk_frames, overlap_frames):
