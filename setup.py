@@ -50,6 +50,16 @@ EXTRAS_REQUIRE = {
     ],
     # Figures made by scripts in experiments/.
     "experiments": ["matplotlib>=3.8"],
+    # CPU serving (avsep_jax.export): the PyTorch mirror, ONNX export and onnxruntime.
+    # torch is pinned: this version's CPU build is on the machines' disk, while an
+    # unpinned torch pulls a CUDA build of several GB.
+    "serve": [
+        "torch==2.13.0",
+        "onnx==1.23.2",
+        "onnxruntime==1.32.0",
+        "onnxscript==0.7.2",        # torch.onnx.export(dynamo=True) needs it
+        "safetensors==0.8.0",
+    ],
 }
 
 setuptools.setup(

@@ -1,0 +1,122 @@
+"""PyTorch mirror vs the JAX model on fresh random weights and inputs (f32)."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from avsep_jax.export import convert
+from avsep_jax.export import torch_model
+from avsep_jax.model import AVSeparator, model_config
+from avsep_jax import signal
+
+TOL = 1e-4
+
+
+def _inputs(cfg, batch, num_samples, mask, seed=0):
+  rng = np.random.default_rng(seed)
+  s = cfg.num_speakers
+  frames = num_samples * cfg.video_fps // cfg.sample_rate
+  mixture = (0.1 * rng.standard_normal((batch, num_samples))).astype(np.float32)
+  video = rng.integers(0, 256, (batch, s, frames, cfg.roi_size, cfg.roi_size), np.uint8)
+  return mixture, video, np.asarray(mask, bool)
+
+
+def _compare(cfg, mixture, video, mask, seed=0):
+  model = AVSeparator(cfg)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(seed), mixture, video, mask)
+  want, aux = jax.jit(model.apply)(variables, mixture, video, mask)
+  mirror = convert.build_mirror(cfg, variables["params"])
+  with torch.no_grad():
+    got, got_aux = mirror.forward_with_aux(
+        torch.from_numpy(mixture), torch.from_numpy(video), torch.from_numpy(mask))
+  want = np.asarray(want)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=TOL)
+  np.testing.assert_allclose(got_aux["activity_logits"].numpy(),
+                             np.asarray(aux["activity_logits"]), rtol=0, atol=TOL)
+  # Masked slots are silent, real ones are not.
+  assert np.all(got.numpy()[~mask] == 0)
+  assert np.all(np.abs(got.numpy()[mask]).max(axis=-1) > 0)
+  return variables, mirror
+
+
+@pytest.mark.parametrize("num_speakers,mask", [
+    (2, [[True, True], [True, False]]),
+    (6, [[True, True, False, True, False, False], [True] * 6]),
+])
+def test_mirror_matches_jax_interpolate(num_speakers, mask):
+  cfg = model_config("smoke", num_speakers)
+  cfg.fusion.alignment = "interpolate"
+  mixture, video, mask = _inputs(cfg, 2, 6_400, mask)
+  _compare(cfg, mixture, video, mask)
+
+
+def test_mirror_matches_jax_soft_dtw_odd_length():
+  cfg = model_config("smoke", 2)   # soft-DTW alignment, the default
+  mixture, video, mask = _inputs(cfg, 1, 3_250, [[True, False]], seed=1)
+  _compare(cfg, mixture, video, mask, seed=1)
+
+
+def test_mirror_matches_jax_griffin_lim_causal_window():
+  cfg = model_config("smoke", 2)
+  cfg.fusion.alignment = "interpolate"
+  cfg.phase = "griffin_lim"
+  cfg.griffin_lim_iters = 3
+  cfg.causal = True
+  cfg.attention_window = (8, 0)
+  mixture, video, mask = _inputs(cfg, 2, 4_000, [[True, True], [False, True]], seed=2)
+  _compare(cfg, mixture, video, mask, seed=2)
+
+
+@pytest.mark.parametrize("scale", signal.SCALES)
+def test_stft_istft_match_signal(scale):
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((2, 5_001)).astype(np.float32)
+  want = np.asarray(signal.stft(x, *scale))
+  re, im = torch_model.STFT(*scale)(torch.from_numpy(x))
+  np.testing.assert_allclose(re.numpy(), want.real, atol=2e-4)
+  np.testing.assert_allclose(im.numpy(), want.imag, atol=2e-4)
+  spec = want * rng.uniform(0, 1, want.shape).astype(np.float32)
+  back = np.asarray(signal.istft(spec, *scale, length=5_001))
+  got = torch_model.ISTFT(*scale)(torch.from_numpy(spec.real.copy()),
+                                  torch.from_numpy(spec.imag.copy()), 5_001)
+  np.testing.assert_allclose(got.numpy(), back, atol=1e-5)
+
+
+def test_safetensors_round_trip_and_wrong_config(tmp_path):
+  cfg = model_config("smoke", 2)
+  cfg.fusion.alignment = "interpolate"
+  mixture, video, mask = _inputs(cfg, 1, 3_200, [[True, True]])
+  model = AVSeparator(cfg)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), mixture, video, mask)
+  mirror = convert.build_mirror(cfg, variables["params"])
+  path = tmp_path / "smoke.safetensors"
+  convert.save_safetensors(path, mirror, cfg)
+  loaded, loaded_cfg = convert.load_safetensors(path, expected_config=cfg)
+  args = [torch.from_numpy(a) for a in (mixture, video, mask)]
+  with torch.no_grad():
+    np.testing.assert_array_equal(loaded(*args).numpy(), mirror(*args).numpy())
+  # The Flax tree comes back unchanged.
+  back = convert.state_dict_to_flax(loaded.state_dict(), loaded)
+  flat_back = convert._flatten(back)
+  flat_orig = convert._flatten(convert._unbox(variables["params"]))
+  assert flat_back.keys() == flat_orig.keys()
+  for k, v in flat_orig.items():
+    np.testing.assert_array_equal(flat_back[k], v, err_msg=str(k))
+
+  other = model_config("smoke", 6)
+  with pytest.raises(convert.ParamsMismatchError, match="num_speakers"):
+    convert.load_safetensors(path, expected_config=other)
+  lite = model_config("lite", 2)
+  lite.fusion.alignment = "interpolate"
+  with pytest.raises(convert.ParamsMismatchError, match="do not fit"):
+    convert.build_mirror(lite, variables["params"])
+  soft = model_config("smoke", 2)   # soft_dtw has aligner projections the params lack
+  with pytest.raises(convert.ParamsMismatchError, match="aligner"):
+    convert.build_mirror(soft, variables["params"])
+  not_ours = tmp_path / "other.safetensors"
+  from safetensors.torch import save_file
+  save_file({"x": torch.zeros(1)}, str(not_ours))
+  with pytest.raises(ValueError, match="not a model file"):
+    convert.load_safetensors(not_ours)
