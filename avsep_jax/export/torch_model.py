@@ -565,7 +565,7 @@ def _time_mask(t, s, causal, window, device):
   if not causal and window is None:
     return None
   q = torch.arange(t, device=device)
-  k = q.repeat(s)
+  k = q[None, :].expand(s, t).reshape(s * t)
   dt = k[None, :] - q[:, None]
   ok = torch.ones_like(dt, dtype=torch.bool)
   if causal:
@@ -594,7 +594,9 @@ class CrossModalLayer(nn.Module):
     b, s, t, d = video.shape
     a_in = self.ln_audio(audio)
     v_in = self.ln_video(video)
-    visible = speaker_mask.repeat_interleave(t, dim=1)[:, None, None, :]
+    # expand + reshape rather than repeat_interleave, whose export with a dynamic
+    # count builds an Expand that onnxruntime rejects.
+    visible = speaker_mask[:, :, None].expand(b, s, t).reshape(b, s * t)[:, None, None, :]
     time_mask = _time_mask(t, s, self.causal, self.window, audio.device)
     if time_mask is not None:
       visible = visible & time_mask[None, None]
@@ -654,7 +656,7 @@ class DecoderLayer(nn.Module):
     h = self.ln_time(x).reshape(b * s, t, d)
     x = x + self.time_attn(h, h).reshape(b, s, t, d)
     h = self.ln_speaker(x).transpose(1, 2).reshape(b * t, s, d)
-    key_mask = speaker_mask.repeat_interleave(t, dim=0)
+    key_mask = speaker_mask[:, None, :].expand(b, t, s).reshape(b * t, s)
     h = self.speaker_attn(h, h, key_mask=key_mask)
     x = x + h.reshape(b, t, s, d).transpose(1, 2)
     h = self.ln_cross(x).reshape(b * s, t, d)
