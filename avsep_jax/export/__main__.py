@@ -1,0 +1,63 @@
+"""Serving artefacts from a training checkpoint.
+
+  python -m avsep_jax.export --checkpoint WORKDIR --format {torch,onnx} \
+      [--quantize int8] --output PATH [--which best|latest] [--config FILE.py:variant]
+
+torch: a safetensors file of the PyTorch mirror with the model config in its metadata
+(`convert.load_safetensors` rebuilds the model). onnx: one self-contained .onnx file
+(dynamic batch and length); --quantize int8 writes the dynamically quantized model
+instead. Problems (no checkpoint, params of another config, an option this model cannot
+export) print one `error:` line and exit 1.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog="python -m avsep_jax.export",
+                                   description=__doc__.splitlines()[0])
+  parser.add_argument("--checkpoint", required=True, help="training workdir")
+  parser.add_argument("--format", required=True, choices=("torch", "onnx"))
+  parser.add_argument("--quantize", choices=("int8",), default=None)
+  parser.add_argument("--output", required=True, help="file to write")
+  parser.add_argument("--which", choices=("best", "latest"), default="best")
+  parser.add_argument("--config", default=None,
+                      help="configs/<file>.py[:variant] instead of the run's config.json")
+  args = parser.parse_args(argv)
+  try:
+    export(args)
+  except (ValueError, NotImplementedError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+def export(args):
+  from avsep_jax import separate
+  from avsep_jax.export import convert
+  if args.quantize and args.format != "onnx":
+    raise ValueError("--quantize int8 applies to --format onnx only")
+  loaded = separate.load_model(args.checkpoint, args.which, args.config)
+  model_config = loaded.config.model
+  mirror = convert.build_mirror(model_config, loaded.params)
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  if args.format == "torch":
+    convert.save_safetensors(args.output, mirror, model_config)
+  else:
+    from avsep_jax.export import onnx_export
+    if args.quantize:
+      with tempfile.TemporaryDirectory() as tmp:
+        f32 = os.path.join(tmp, "f32.onnx")
+        onnx_export.export_onnx(mirror, model_config, f32)
+        onnx_export.quantize_int8(f32, args.output)
+    else:
+      onnx_export.export_onnx(mirror, model_config, args.output)
+  print(f"wrote {args.output} ({args.format}{', int8' if args.quantize else ''}; "
+        f"step {loaded.step}, {loaded.params_key})")
+
+
+if __name__ == "__main__":
+  sys.exit(main())
