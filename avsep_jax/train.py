@@ -100,6 +100,15 @@ def separation_loss(config, out, aux, batch):
   return sum(weights[k] * v for k, v in parts.items()), parts
 
 
+def oracle_cue(config, batch):
+  """The true per-slot activity as the decoder's cue when `config.oracle_cue` (a
+  diagnostic: separation given a perfect slot cue); else None (the lips' estimate)."""
+  if not config.oracle_cue:
+    return None
+  m = config.model
+  return signal.activity_targets(batch["sources"], m.sample_rate // m.video_fps)
+
+
 def init_batch(config):
   """One all-zero example of the model's input shapes: what init needs, no data read."""
   m = config.model
@@ -157,7 +166,8 @@ def make_train_step(config, model, optimizer, schedule, shardings, batch_shardin
 
     def loss_fn(params):
       out, aux = model.apply({"params": params}, batch["mixture"], batch["video"],
-                             batch["speaker_mask"], train=True, rngs={"dropout": rng})
+                             batch["speaker_mask"], train=True, rngs={"dropout": rng},
+                             activity_cue=oracle_cue(config, batch))
       return separation_loss(config, out, aux, batch)
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -186,7 +196,7 @@ def make_predict(config, model, param_shardings, batch_sharding):
   @functools.partial(jax.jit, in_shardings=(param_shardings, batch_sharding))
   def predict(params, batch):
     out, aux = model.apply({"params": params}, batch["mixture"], batch["video"],
-                           batch["speaker_mask"])
+                           batch["speaker_mask"], activity_cue=oracle_cue(config, batch))
     return out, aux["masks"][str(config.model.stft_scales[0][0])]
 
   return predict

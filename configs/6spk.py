@@ -45,6 +45,9 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   config.stft_loss_weight = 0.1        # multi-resolution STFT loss, added to -SI-SNR
   config.activity_loss_weight = 1.0    # per-frame speech activity from the lips alone
   config.pit_weight = 0.0              # share of -SI-SNR under the best slot assignment
+  # Diagnostic, with model.decoder.activity_cue: the decoder's slot cue is the true
+  # per-frame activity of each source (train and validation), not the lips' estimate.
+  config.oracle_cue = False
 
   # Mesh axes and how logical parameter/activation axes map onto them.
   config.mesh_shape = (-1, 1, 1)       # -1: all remaining devices

@@ -19,8 +19,8 @@ def test_smoke_model_overfits_one_batch(tiny_data_dir):
   config = ml_collections.ConfigDict(dict(
       model=variants.model_config("smoke", num_speakers=2), seed=0, learning_rate=3e-3,
       warmup_steps=5, total_steps=1000, weight_decay=0.0, grad_clip_norm=5.0,
-      stft_loss_weight=0.0, activity_loss_weight=0.0, pit_weight=0.0, ema_decay=0.0,
-      segment_seconds=1.0, mesh_shape=(1, 1, 1),
+      stft_loss_weight=0.0, activity_loss_weight=0.0, pit_weight=0.0, oracle_cue=False,
+      ema_decay=0.0, segment_seconds=1.0, mesh_shape=(1, 1, 1),
       mesh_axes=("data", "fsdp", "tensor"),
       logical_axis_rules=(("batch", ("data", "fsdp")),)))
   mix = pipeline.MixConfig(max_speakers=2, min_speakers=2, segment_seconds=1.0)

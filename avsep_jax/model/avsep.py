@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from avsep_jax import signal
+from avsep_jax.model import alignment as alignment_lib
 from avsep_jax.model import audio as audio_lib
 from avsep_jax.model import decoder as decoder_lib
 from avsep_jax.model import fusion as fusion_lib
@@ -80,7 +81,8 @@ class AVSeparator(nn.Module):
   config: Any
 
   @nn.compact
-  def __call__(self, mixture, video, speaker_mask, train=False, sample_rate=None):
+  def __call__(self, mixture, video, speaker_mask, train=False, sample_rate=None,
+               activity_cue=None):
     """Separate one voice per speaker slot.
 
     Args:
@@ -89,6 +91,9 @@ class AVSeparator(nn.Module):
       speaker_mask: (B, S) bool, False for padded (absent) slots.
       train: enables dropout (needs a 'dropout' rng).
       sample_rate: optional; checked against `config.sample_rate`.
+      activity_cue: optional (B, S, F) per-frame activity in [0, 1] used as the
+        decoder's slot cue when `config.decoder.activity_cue` (default: the lips'
+        estimate, sigmoid of `activity_logits`).
 
     Returns:
       waveforms (B, S, T) float32 (zeros in padded slots) and an aux dict:
@@ -132,6 +137,10 @@ class AVSeparator(nn.Module):
     audio, streams, weights = fusion_lib.Fusion(
         cfg.fusion, main_hop, cfg.sample_rate, cfg.video_fps, opts, name="fusion")(
             audio, video_tokens, speaker_mask)
+    if cfg.decoder.get("activity_cue"):
+      streams = streams + self._activity_cue(
+          nn.sigmoid(activity) if activity_cue is None else activity_cue,
+          streams.shape, main_hop, opts).astype(streams.dtype)
     masks = decoder_lib.SeparationDecoder(cfg.decoder, scales, opts, name="decoder")(
         streams, audio, speaker_mask, num_samples)
 
@@ -148,6 +157,16 @@ class AVSeparator(nn.Module):
         "activity_logits": activity,
     }
     return scale_waves.mean(axis=1), aux
+
+  @nn.nowrap
+  def _activity_cue(self, cue, shape, hop_length, opts):
+    """(B, S, F) activity on video frames -> (B, S, T, d) query offsets."""
+    weights = alignment_lib.video_to_audio_matrix(
+        shape[2], cue.shape[-1], hop_length=hop_length,
+        sample_rate=self.config.sample_rate, fps=self.config.video_fps)
+    c = jnp.einsum("tf,bsf->bst", jnp.asarray(weights), cue.astype(jnp.float32))[..., None]
+    return layers.dense(shape[-1], (None, layers.EMBED), name="activity_cue",
+                        **opts.kw)(jnp.concatenate([c, c * c], axis=-1))
 
   def _reconstruct(self, spec, mask, scale, num_samples):
     """Masked mixture STFT (B, T_k, F) x (B, S, T_k, F) -> (B, S, T) waveforms."""

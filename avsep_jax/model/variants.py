@@ -45,7 +45,10 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
   c.fusion = ml_collections.ConfigDict(dict(
       alignment="soft_dtw", dtw_gamma=0.1, dtw_band=3, align_dim=64,
       num_layers=2, num_heads=8, mlp_dim=2048))
-  c.decoder = ml_collections.ConfigDict(dict(num_layers=4, num_heads=8, mlp_dim=2048))
+  # activity_cue: add each slot's per-frame speech activity (the lips' estimate, or a
+  # given cue) to its decoder query.
+  c.decoder = ml_collections.ConfigDict(dict(num_layers=4, num_heads=8, mlp_dim=2048,
+                                             activity_cue=False))
 
   if variant == "full":
     c.dtype = "bfloat16"

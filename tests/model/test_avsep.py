@@ -223,3 +223,20 @@ def test_video_one_frame_off_is_accepted():
   mixture, video, mask = make_inputs(1, 2)
   out, _ = jitted_apply()(smoke_params(), mixture, video[:, :, :FRAMES - 1], mask)
   assert out.shape == (1, 2, SAMPLES)
+
+
+def test_activity_cue_reaches_the_decoder_and_defaults_to_the_lips():
+  config = model_lib.model_config("smoke", num_speakers=2)
+  config.decoder.activity_cue = True
+  net = model_lib.AVSeparator(config)
+  mixture, video, mask = make_inputs(2, 2, seed=8)
+  params = nn.unbox(net.init(jax.random.key(1), mixture, video, mask))
+  apply = jax.jit(net.apply)
+  lips, aux = apply(params, mixture, video, mask)
+  as_given, _ = apply(params, mixture, video, mask,
+                      activity_cue=jax.nn.sigmoid(aux["activity_logits"]))
+  np.testing.assert_allclose(np.asarray(as_given), np.asarray(lips), atol=1e-6)
+  cue = np.zeros((2, 2, FRAMES), np.float32)
+  cue[:, 0] = 1.0  # slot 0 speaks throughout, slot 1 never
+  oracle, _ = apply(params, mixture, video, mask, activity_cue=cue)
+  assert np.abs(np.asarray(oracle) - np.asarray(lips)).max() > 1e-4
