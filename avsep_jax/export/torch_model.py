@@ -66,17 +66,20 @@ def hann_window(n_fft, win_length):
   return np.pad(hann, (left, n_fft - win_length - left))
 
 
+def _dft_angles(n_fft, win_length):
+  """The analysis window (n_fft,) and the DFT phase 2 pi k n / n_fft (bins, n_fft)."""
+  k = np.arange(n_fft // 2 + 1)[:, None]
+  n = np.arange(n_fft)[None, :]
+  return hann_window(n_fft, win_length), 2.0 * np.pi * k * n / n_fft
+
+
 class STFT(nn.Module):
   """Centred, reflect-padded STFT as a conv1d: (N, T) -> re, im (N, frames, bins)."""
 
   def __init__(self, n_fft, win_length, hop_length):
     super().__init__()
     self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length
-    bins = n_fft // 2 + 1
-    win = hann_window(n_fft, win_length)
-    k = np.arange(bins)[:, None]
-    n = np.arange(n_fft)[None, :]
-    angle = 2.0 * np.pi * k * n / n_fft
+    win, angle = _dft_angles(n_fft, win_length)
     basis = np.concatenate([win * np.cos(angle), -win * np.sin(angle)], axis=0)
     self.register_buffer("basis", torch.tensor(basis[:, None, :], dtype=torch.float32),
                          persistent=False)
@@ -96,10 +99,7 @@ class ISTFT(nn.Module):
     super().__init__()
     self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length
     bins = n_fft // 2 + 1
-    win = hann_window(n_fft, win_length)
-    k = np.arange(bins)[:, None]
-    n = np.arange(n_fft)[None, :]
-    angle = 2.0 * np.pi * k * n / n_fft
+    win, angle = _dft_angles(n_fft, win_length)
     # irfft: DC and Nyquist count once and their imaginary parts are ignored.
     weight = np.full((bins, 1), 2.0)
     weight[0] = weight[-1] = 1.0
