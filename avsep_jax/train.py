@@ -105,6 +105,25 @@ def oracle_cue(config, batch):
   diagnostic: separation given a perfect slot cue); else None (the lips' estimate)."""
   if not config.oracle_cue:
     return None
+  return _true_activity(config, batch)
+
+
+def curriculum_cue(config, batch, step, rng):
+  """Training cue under the oracle-cue curriculum: (cue (B, S, F), share (B,)) or
+  (oracle_cue(config, batch), None) when `config.oracle_cue_steps` is 0.
+
+  Each example takes the true activity with probability 1 - step / oracle_cue_steps
+  (floored at 0) and the lips' estimate otherwise, so the decoder learns to separate
+  from a reliable cue first and hands over to the lips as it falls.
+  """
+  if not config.oracle_cue_steps or config.oracle_cue:
+    return oracle_cue(config, batch), None
+  p = jnp.maximum(1.0 - step / config.oracle_cue_steps, 0.0)
+  share = jax.random.bernoulli(rng, p, batch["speaker_mask"].shape[:1])
+  return _true_activity(config, batch), share.astype(jnp.float32)
+
+
+def _true_activity(config, batch):
   m = config.model
   return signal.activity_targets(batch["sources"], m.sample_rate // m.video_fps)
 
@@ -162,12 +181,14 @@ def make_train_step(config, model, optimizer, schedule, shardings, batch_shardin
   @functools.partial(jax.jit, in_shardings=(shardings, batch_sharding),
                      out_shardings=(shardings, None), donate_argnums=(0,))
   def train_step(state, batch):
-    rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
+    rng, cue_rng = jax.random.split(
+        jax.random.fold_in(jax.random.key(config.seed), state.step))
+    cue, share = curriculum_cue(config, batch, state.step, cue_rng)
 
     def loss_fn(params):
       out, aux = model.apply({"params": params}, batch["mixture"], batch["video"],
                              batch["speaker_mask"], train=True, rngs={"dropout": rng},
-                             activity_cue=oracle_cue(config, batch))
+                             activity_cue=cue, oracle_share=share)
       return separation_loss(config, out, aux, batch)
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -219,6 +240,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     # Evaluation batches are whole batches: fewer examples would score nothing.
     raise ValueError(f"eval_examples ({config.eval_examples}) must be at least "
                      f"batch_size ({config.batch_size})")
+  if (config.oracle_cue or config.oracle_cue_steps) and not config.model.decoder.activity_cue:
+    # Without the decoder's cue input the true activity would silently go unused.
+    raise ValueError("oracle_cue / oracle_cue_steps need model.decoder.activity_cue=True")
 
   # ---------------------------------------------------------------------- Input
   data_dir = ensure_dataset(config)

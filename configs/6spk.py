@@ -48,6 +48,10 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   # Diagnostic, with model.decoder.activity_cue: the decoder's slot cue is the true
   # per-frame activity of each source (train and validation), not the lips' estimate.
   config.oracle_cue = False
+  # Curriculum, with model.decoder.activity_cue: each training example uses the true
+  # activity as its cue with a probability falling linearly from 1 to 0 over this many
+  # steps, the lips' estimate otherwise; validation always uses the lips (0: off).
+  config.oracle_cue_steps = 0
 
   # Mesh axes and how logical parameter/activation axes map onto them.
   config.mesh_shape = (-1, 1, 1)       # -1: all remaining devices

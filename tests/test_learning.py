@@ -3,6 +3,8 @@
 import itertools
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from avsep_jax import parallel
@@ -20,7 +22,7 @@ def test_smoke_model_overfits_one_batch(tiny_data_dir):
       model=variants.model_config("smoke", num_speakers=2), seed=0, learning_rate=3e-3,
       warmup_steps=5, total_steps=1000, weight_decay=0.0, grad_clip_norm=5.0,
       stft_loss_weight=0.0, activity_loss_weight=0.0, pit_weight=0.0, oracle_cue=False,
-      ema_decay=0.0, segment_seconds=1.0, mesh_shape=(1, 1, 1),
+      oracle_cue_steps=0, ema_decay=0.0, segment_seconds=1.0, mesh_shape=(1, 1, 1),
       mesh_axes=("data", "fsdp", "tensor"),
       logical_axis_rules=(("batch", ("data", "fsdp")),)))
   mix = pipeline.MixConfig(max_speakers=2, min_speakers=2, segment_seconds=1.0)
@@ -48,3 +50,24 @@ def test_smoke_model_overfits_one_batch(tiny_data_dir):
   after = si_snr_now(state.params)
   assert np.isfinite(float(metrics["loss"]))
   assert after > before + 3.0, (before, after)
+
+
+def test_oracle_cue_curriculum_hands_over_to_the_lips():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  config = ml_collections.ConfigDict(dict(
+      model=variants.model_config("smoke", num_speakers=2), oracle_cue=False,
+      oracle_cue_steps=100))
+  rng = np.random.default_rng(0)
+  batch = {"sources": jnp.asarray(rng.normal(size=(2000, 2, 3200)), jnp.float32),
+           "speaker_mask": jnp.ones((2000, 2), bool)}
+  shares = []
+  for step in (0, 25, 50, 100, 400):
+    cue, share = train.curriculum_cue(config, batch, jnp.int32(step),
+                                      jax.random.key(step))
+    shares.append(float(jnp.mean(share)))
+  np.testing.assert_allclose(
+      cue, signal.activity_targets(batch["sources"], 640), atol=0)
+  np.testing.assert_allclose(shares, [1.0, 0.75, 0.5, 0.0, 0.0], atol=0.04)
+  config.oracle_cue_steps = 0
+  assert train.curriculum_cue(config, batch, jnp.int32(0), jax.random.key(0)) == (None, None)

@@ -82,7 +82,7 @@ class AVSeparator(nn.Module):
 
   @nn.compact
   def __call__(self, mixture, video, speaker_mask, train=False, sample_rate=None,
-               activity_cue=None):
+               activity_cue=None, oracle_share=None):
     """Separate one voice per speaker slot.
 
     Args:
@@ -94,6 +94,9 @@ class AVSeparator(nn.Module):
       activity_cue: optional (B, S, F) per-frame activity in [0, 1] used as the
         decoder's slot cue when `config.decoder.activity_cue` (default: the lips'
         estimate, sigmoid of `activity_logits`).
+      oracle_share: optional (B,) weight in [0, 1] of `activity_cue` against the
+        lips' estimate, per example (a training curriculum); None uses
+        `activity_cue` alone when given.
 
     Returns:
       waveforms (B, S, T) float32 (zeros in padded slots) and an aux dict:
@@ -138,9 +141,12 @@ class AVSeparator(nn.Module):
         cfg.fusion, main_hop, cfg.sample_rate, cfg.video_fps, opts, name="fusion")(
             audio, video_tokens, speaker_mask)
     if cfg.decoder.get("activity_cue"):
+      cue = nn.sigmoid(activity)
+      if activity_cue is not None:
+        share = 1.0 if oracle_share is None else oracle_share[:, None, None]
+        cue = share * activity_cue + (1.0 - share) * cue
       streams = streams + self._activity_cue(
-          nn.sigmoid(activity) if activity_cue is None else activity_cue,
-          streams.shape, main_hop, opts).astype(streams.dtype)
+          cue, streams.shape, main_hop, opts).astype(streams.dtype)
     masks = decoder_lib.SeparationDecoder(cfg.decoder, scales, opts, name="decoder")(
         streams, audio, speaker_mask, num_samples)
 

@@ -240,3 +240,9 @@ def test_activity_cue_reaches_the_decoder_and_defaults_to_the_lips():
   cue[:, 0] = 1.0  # slot 0 speaks throughout, slot 1 never
   oracle, _ = apply(params, mixture, video, mask, activity_cue=cue)
   assert np.abs(np.asarray(oracle) - np.asarray(lips)).max() > 1e-4
+  # A per-example share mixes the given cue with the lips': 1 is the given cue, 0 the
+  # lips', each example on its own.
+  mixed, _ = apply(params, mixture, video, mask, activity_cue=cue,
+                   oracle_share=jnp.array([1.0, 0.0]))
+  np.testing.assert_allclose(np.asarray(mixed)[0], np.asarray(oracle)[0], atol=1e-6)
+  np.testing.assert_allclose(np.asarray(mixed)[1], np.asarray(lips)[1], atol=1e-6)
