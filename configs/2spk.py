@@ -1,6 +1,6 @@
 r"""Two speaker slots: every mixture has exactly two talkers.
 
-  python -m avsep_jax.main --config=configs/2spk.py[:lite|:smoke]
+  python -m avsep_jax.main --config=configs/2spk.py[:lite|:stream|:smoke]
 """
 
 import importlib.util

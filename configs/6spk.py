@@ -2,6 +2,7 @@ r"""Six speaker slots (2..6 real speakers per mixture), the design record's sett
 
   python -m avsep_jax.main --config=configs/6spk.py            # full (ADR dims)
   python -m avsep_jax.main --config=configs/6spk.py:lite       # CPU-sized
+  python -m avsep_jax.main --config=configs/6spk.py:stream     # lite, causal (streaming)
   python -m avsep_jax.main --config=configs/6spk.py:smoke      # tests
 """
 
@@ -68,7 +69,7 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
       ("norm", None),
   )
 
-  if variant == "lite":
+  if variant in ("lite", "stream"):
     config.batch_size = 4              # fits a 24 GiB CPU machine with 6 speakers x 3 s
     config.total_steps = 50_000
   elif variant == "smoke":

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from avsep_jax import parallel
 from avsep_jax import signal
@@ -15,11 +16,15 @@ from avsep_jax.model import AVSeparator
 from avsep_jax.model import variants
 
 
-def test_smoke_model_overfits_one_batch(tiny_data_dir):
+@pytest.mark.parametrize("causal", [False, True])
+def test_smoke_model_overfits_one_batch(tiny_data_dir, causal):
   import ml_collections  # pylint: disable=g-import-not-at-top
 
+  model_config = variants.model_config("smoke", num_speakers=2)
+  if causal:  # the streaming form trains with the same step
+    variants.make_causal(model_config, window=20)
   config = ml_collections.ConfigDict(dict(
-      model=variants.model_config("smoke", num_speakers=2), seed=0, learning_rate=3e-3,
+      model=model_config, seed=0, learning_rate=3e-3,
       warmup_steps=5, total_steps=1000, weight_decay=0.0, grad_clip_norm=5.0,
       stft_loss_weight=0.0, activity_loss_weight=0.0, pit_weight=0.0, oracle_cue=False,
       oracle_cue_steps=0, ema_decay=0.0, segment_seconds=1.0, mesh_shape=(1, 1, 1),

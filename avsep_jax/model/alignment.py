@@ -40,12 +40,22 @@ def interpolation_matrix(out_times, in_times):
 
 
 def video_to_audio_matrix(num_audio_frames, num_video_frames, *, hop_length,
-                          sample_rate, fps):
+                          sample_rate, fps, causal=False):
   """(T_audio, F) interpolation from video frame centres to centred STFT frames.
 
   Audio frame t is centred at t * hop / sr (centred STFT); video frame f covers
   [f / fps, (f + 1) / fps) and is taken at its centre.
+
+  With `causal` (a stream, causal STFT framing): audio frame t, complete at
+  (t + 1) * hop / sr, holds the newest video frame that has arrived by then, frame f
+  arriving at f / fps: one-hot rows, nothing from the future.
   """
+  if causal:
+    newest = np.floor((np.arange(num_audio_frames) + 1) * hop_length * fps / sample_rate
+                      + 1e-9).astype(int)
+    weights = np.zeros((num_audio_frames, num_video_frames), np.float32)
+    weights[np.arange(num_audio_frames), np.minimum(newest, num_video_frames - 1)] = 1.0
+    return weights
   audio_t = np.arange(num_audio_frames) * hop_length / sample_rate
   video_t = (np.arange(num_video_frames) + 0.5) / fps
   return interpolation_matrix(audio_t, video_t)

@@ -24,6 +24,24 @@ from avsep_jax.model import visual as visual_lib
 PHASES = ("mixture", "griffin_lim")
 
 
+def check_causal(config):
+  """Raises ValueError unless a `causal` config is causal end to end (what streaming
+  needs): one STFT scale, mixture phase, 'hold' alignment, a left-only window."""
+  if not config.causal:
+    return
+  problems = []
+  if len(config.stft_scales) != 1:
+    problems.append("one STFT scale (resampling masks between scales looks ahead)")
+  if config.phase != "mixture":
+    problems.append("phase='mixture' (Griffin-Lim iterates over the whole signal)")
+  if config.fusion.alignment != "hold":
+    problems.append("fusion.alignment='hold'")
+  if config.attention_window is None or tuple(config.attention_window)[1] != 0:
+    problems.append("attention_window=(left, 0) (a stream keeps a bounded past)")
+  if problems:
+    raise ValueError("a causal model needs " + "; ".join(problems))
+
+
 def check_inputs(config, mixture, video, speaker_mask, sample_rate=None):
   """Raises ValueError naming the problem when inputs break the model's contract.
 
@@ -111,6 +129,7 @@ class AVSeparator(nn.Module):
     check_inputs(cfg, mixture, video, speaker_mask, sample_rate)
     if cfg.phase not in PHASES:
       raise ValueError(f"phase must be one of {PHASES}, got {cfg.phase!r}")
+    check_causal(cfg)
     window = None if cfg.attention_window is None else tuple(cfg.attention_window)
     opts = layers.LayerOptions(
         attention_impl=cfg.attention_impl, causal=cfg.causal, window=window,
@@ -124,7 +143,7 @@ class AVSeparator(nn.Module):
     # Signal processing stays in float32 whatever the compute dtype: bf16's 8-bit
     # mantissa would cost tens of dB of reconstruction accuracy.
     mixture = mixture.astype(jnp.float32)
-    specs = [signal.stft(mixture, *scale) for scale in scales]
+    specs = [signal.stft(mixture, *scale, causal=cfg.causal) for scale in scales]
 
     audio = audio_lib.AudioEncoder(cfg.audio, opts, name="audio_encoder")(specs[0])
     frames_per_video = cfg.sample_rate / cfg.video_fps / main_hop
@@ -148,7 +167,7 @@ class AVSeparator(nn.Module):
       streams = streams + self._activity_cue(
           cue, streams.shape, main_hop, opts).astype(streams.dtype)
     masks = decoder_lib.SeparationDecoder(cfg.decoder, scales, opts, name="decoder")(
-        streams, audio, speaker_mask, num_samples)
+        streams, audio, speaker_mask, [spec.shape[1] for spec in specs])
 
     keep = speaker_mask[:, :, None].astype(jnp.float32)
     scale_waves = jnp.stack([
@@ -169,7 +188,8 @@ class AVSeparator(nn.Module):
     """(B, S, F) activity on video frames -> (B, S, T, d) query offsets."""
     weights = alignment_lib.video_to_audio_matrix(
         shape[2], cue.shape[-1], hop_length=hop_length,
-        sample_rate=self.config.sample_rate, fps=self.config.video_fps)
+        sample_rate=self.config.sample_rate, fps=self.config.video_fps,
+        causal=self.config.causal)
     c = jnp.einsum("tf,bsf->bst", jnp.asarray(weights), cue.astype(jnp.float32))[..., None]
     return layers.dense(shape[-1], (None, layers.EMBED), name="activity_cue",
                         **opts.kw)(jnp.concatenate([c, c * c], axis=-1))
@@ -179,7 +199,7 @@ class AVSeparator(nn.Module):
     n_fft, win_length, hop_length = scale
     if self.config.phase == "mixture":
       return signal.istft(mask * spec[:, None], n_fft, win_length, hop_length,
-                          length=num_samples)
+                          length=num_samples, causal=self.config.causal)
     # Griffin-Lim starts from the mixture phase: it converges in far fewer iterations
     # than from random phase and needs no rng at inference.
     magnitude = mask * jnp.abs(spec)[:, None]

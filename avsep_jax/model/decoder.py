@@ -68,14 +68,14 @@ class SeparationDecoder(nn.Module):
   opts: layers.LayerOptions = layers.LayerOptions()
 
   @nn.compact
-  def __call__(self, video, audio, speaker_mask, num_samples):
+  def __call__(self, video, audio, speaker_mask, num_frames):
     """Predict one mask per speaker and scale.
 
     Args:
       video: (B, S, T, d) fused visual streams on the audio frame axis.
       audio: (B, T, d) fused audio memory.
       speaker_mask: (B, S) bool.
-      num_samples: waveform length, fixes each scale's frame count.
+      num_frames: each scale's STFT frame count, main scale first (T).
 
     Returns:
       tuple over scales of (B, S, T_k, n_fft_k // 2 + 1) float32 masks in [0, 1].
@@ -94,13 +94,12 @@ class SeparationDecoder(nn.Module):
     main_hop = self.scales[0][2]
     t = x.shape[2]
     masks = []
-    for n_fft, _, hop in self.scales:
+    for (n_fft, _, hop), t_k in zip(self.scales, num_frames):
       # Masks are predicted on the token (main) frame grid, then moved in time to this
       # scale's frames; the fine scale gets its own bins, the time detail comes from
       # interpolation between tokens.
       logits = layers.dense(n_fft // 2 + 1, (layers.EMBED, None), name=f"mask_{n_fft}",
                             **kw)(x).astype(jnp.float32)
-      t_k = 1 + num_samples // hop
       resample = alignment.interpolation_matrix(
           np.arange(t_k) * hop, np.arange(t) * main_hop)
       logits = jnp.einsum("kt,bstf->bskf", jnp.asarray(resample), logits)

@@ -12,19 +12,21 @@ from avsep_jax.model import layers
 from avsep_jax.model import transformer
 
 Dtype = Any
-ALIGNMENTS = ("interpolate", "soft_dtw")
+ALIGNMENTS = ("interpolate", "hold", "soft_dtw")
 
 
 class VideoAligner(nn.Module):
   """Resamples each speaker's video tokens onto the audio frames.
 
-  'interpolate' uses fixed linear weights between frame centres. 'soft_dtw' builds a
+  'interpolate' uses fixed linear weights between frame centres; 'hold' gives each
+  audio frame the newest video frame that has arrived when it completes (streaming:
+  nothing from the future; needs a causal STFT's frame times). 'soft_dtw' builds a
   cost 1 - cos(P_a a_t, P_v v_f) from learned projections, runs banded soft-DTW per
   speaker, and uses the expected alignment (rows normalised): it absorbs audio-video
   offsets of a few frames that interpolation would bake in.
 
   Attributes:
-    method: 'interpolate' | 'soft_dtw'.
+    method: 'interpolate' | 'hold' | 'soft_dtw'.
     hop_length, sample_rate, fps: time bases of the two streams.
     gamma, band: soft-DTW temperature and band half-width in video frames.
     align_dim: width of the projections the cost is built from.
@@ -55,9 +57,10 @@ class VideoAligner(nn.Module):
       raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {self.method!r}")
     b, s, f, _ = video.shape
     t = audio.shape[1]
-    if self.method == "interpolate":
+    if self.method in ("interpolate", "hold"):
       weights = jnp.asarray(alignment.video_to_audio_matrix(
-          t, f, hop_length=self.hop_length, sample_rate=self.sample_rate, fps=self.fps))
+          t, f, hop_length=self.hop_length, sample_rate=self.sample_rate, fps=self.fps,
+          causal=self.method == "hold"))
       weights = jnp.broadcast_to(weights, (b, s, t, f))
     else:
       kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)

@@ -61,17 +61,22 @@ class Encoder(nn.Module):
 
   Layers are a Python loop rather than `nn.scan` so compiled cost analysis counts every
   layer's FLOPs (XLA counts a loop body once).
+
+  `positions=False` leaves positions out: a causal stream has no absolute time origin
+  worth learning, and its causal attention tells the layers the order anyway.
   """
 
   num_layers: int
   num_heads: int
   mlp_dim: int
   opts: layers.LayerOptions = layers.LayerOptions()
+  positions: bool = True
 
   @nn.compact
   def __call__(self, x, key_mask=None):
     """(B, T, d) -> (B, T, d)."""
-    x = x + sinusoidal_positions(x.shape[1], x.shape[2]).astype(x.dtype)
+    if self.positions:
+      x = x + sinusoidal_positions(x.shape[1], x.shape[2]).astype(x.dtype)
     block_cls = maybe_remat(EncoderBlock, self.opts.remat)
     for i in range(self.num_layers):
       x = block_cls(self.num_heads, self.mlp_dim, self.opts, name=f"block_{i}")(

@@ -1,11 +1,12 @@
-"""Model sizes: `full` (the ADR's dimensions), `lite` (CPU training and serving) and
-`smoke` (tiny, for tests). `configs/*.py` put one of these under `config.model`."""
+"""Model sizes: `full` (the ADR's dimensions), `lite` (CPU training and serving),
+`stream` (lite made causal for real-time streaming: nothing looks ahead) and `smoke`
+(tiny, for tests). `configs/*.py` put one of these under `config.model`."""
 
 import ml_collections
 
 from avsep_jax import signal
 
-VARIANTS = ("full", "lite", "smoke")
+VARIANTS = ("full", "lite", "stream", "smoke")
 
 # (n_fft, win_length, hop_length); the first is the token scale (100 frames/s).
 STFT_SCALES = signal.SCALES
@@ -31,17 +32,17 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
   c.param_dtype = "float32"
   c.attention_impl = "xla"       # or "cudnn", "pallas" (avsep_jax.kernels)
   c.attention_window = ml_collections.config_dict.placeholder(tuple)  # (left, right) frames
-  c.causal = False
+  c.causal = False               # streaming: see `model.avsep.check_causal`
   c.remat = "none"               # "none" | "full" | "dots"
   c.dropout_rate = 0.1
 
   c.audio = ml_collections.ConfigDict(dict(
       cnn_channels=(32, 32, 64, 64), d_model=512, num_layers=8, num_heads=8,
-      mlp_dim=2048, phase_features=True))
+      mlp_dim=2048, phase_features=True, positions=True))
   c.visual = ml_collections.ConfigDict(dict(
       stem_channels=64, stem_kernel=(5, 7, 7), trunk_stem_channels=64,
       trunk_blocks=_MOBILEFACENET_BLOCKS, trunk_out_channels=512, embed_dim=256,
-      d_model=256, num_layers=6, num_heads=8, mlp_dim=1024))
+      d_model=256, num_layers=6, num_heads=8, mlp_dim=1024, positions=True))
   c.fusion = ml_collections.ConfigDict(dict(
       alignment="soft_dtw", dtw_gamma=0.1, dtw_band=3, align_dim=64,
       num_layers=2, num_heads=8, mlp_dim=2048))
@@ -52,7 +53,7 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
 
   if variant == "full":
     c.dtype = "bfloat16"
-  elif variant == "lite":
+  elif variant in ("lite", "stream"):
     c.audio.update(cnn_channels=(16, 16, 32, 32), d_model=256, num_layers=4,
                    num_heads=4, mlp_dim=1024)
     c.visual.update(stem_channels=16, trunk_stem_channels=32,
@@ -62,6 +63,8 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
                     num_heads=4, mlp_dim=512)
     c.fusion.update(align_dim=32, num_layers=1, num_heads=4, mlp_dim=1024)
     c.decoder.update(num_layers=2, num_heads=4, mlp_dim=1024)
+    if variant == "stream":
+      make_causal(c)
   elif variant == "smoke":
     c.dropout_rate = 0.0
     c.audio.update(cnn_channels=(4, 8), d_model=32, num_layers=1, num_heads=2,
@@ -71,4 +74,16 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
                     embed_dim=16, d_model=16, num_layers=1, num_heads=2, mlp_dim=32)
     c.fusion.update(align_dim=8, num_layers=1, num_heads=2, mlp_dim=64)
     c.decoder.update(num_layers=1, num_heads=2, mlp_dim=64)
+  return c
+
+
+def make_causal(c: ml_collections.ConfigDict, window: int = 100) -> ml_collections.ConfigDict:
+  """Turns a model config into its streaming form, in place: causal convs and STFT
+  framing, left-only attention over the last `window` audio frames, newest-video-frame
+  alignment, one STFT scale, no absolute positions (see `avsep.check_causal`)."""
+  c.causal = True
+  c.attention_window = (window, 0)
+  c.stft_scales = (STFT_SCALES[0],)
+  c.fusion.alignment = "hold"
+  c.audio.positions = c.visual.positions = False
   return c

@@ -31,11 +31,14 @@ class FramesAsChannelsConv3D(nn.Module):
   The kt frames around each frame become kt input channels of one 2-D conv: the same
   result and parameter as `nn.Conv(features, (kt, kh, kw))` with stride 1 in time, but
   XLA's CPU backend runs this about eight times faster than its one-channel 3-D conv.
+  `causal` pads time with kt - 1 past frames instead (an output frame reads no later
+  frame).
   """
 
   features: int
   kernel: tuple[int, int, int]
   strides: tuple[int, int, int] = (1, 1, 1)
+  causal: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -48,7 +51,8 @@ class FramesAsChannelsConv3D(nn.Module):
     kernel = self.param("kernel", _conv_init(3), (kt, kh, kw, 1, self.features),
                         self.param_dtype).astype(self.dtype)
     n, f = x.shape[:2]
-    (before, after), = jax.lax.padtype_to_pads((f,), (kt,), (1,), "SAME")
+    (before, after), = (((kt - 1, 0),) if self.causal
+                        else jax.lax.padtype_to_pads((f,), (kt,), (1,), "SAME"))
     padded = jnp.pad(x[..., 0].astype(self.dtype), ((0, 0), (before, after), (0, 0), (0, 0)))
     stacked = jnp.stack([padded[:, i:i + f] for i in range(kt)], axis=-1)
     stacked = stacked.reshape((n * f,) + stacked.shape[2:])   # (N*F, H, W, kt)
@@ -91,6 +95,7 @@ class ConvNormAct(nn.Module):
   groups: int = 1
   linear: bool = False
   padding: str = "SAME"
+  causal: bool = False  # 3-D kernels on video: pad time with past frames only
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -100,7 +105,7 @@ class ConvNormAct(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if len(self.kernel) == 3 and x.shape[-1] == 1:
       x = FramesAsChannelsConv3D(self.features, self.kernel, self.strides or (1, 1, 1),
-                                 name="conv", **kw)(x)
+                                 self.causal, name="conv", **kw)(x)
     elif (self.groups == 1 and all(k == 1 for k in self.kernel)
           and all(st == 1 for st in self.strides or ())):
       x = PointwiseConv(self.features, len(self.kernel), name="conv", **kw)(x)
@@ -199,12 +204,12 @@ class VisualEncoder(nn.Module):
     x = x.reshape(b * s, f, h, w, 1).astype(self.opts.dtype)
     # The 3D stem sees several frames at once: lip motion, not only lip shape.
     x = ConvNormAct(cfg.stem_channels, tuple(cfg.stem_kernel), strides=(1, 2, 2),
-                    name="stem3d", **kw)(x)
+                    causal=self.opts.causal, name="stem3d", **kw)(x)
     x = x.reshape((b * s * f,) + x.shape[2:])
     x = MobileFaceNet(cfg.trunk_stem_channels, tuple(map(tuple, cfg.trunk_blocks)),
                       cfg.trunk_out_channels, cfg.embed_dim, name="trunk", **kw)(x)
     x = x.reshape(b * s, f, cfg.embed_dim)
     x = layers.dense(cfg.d_model, (None, layers.EMBED), name="proj", **kw)(x)
     x = transformer.Encoder(cfg.num_layers, cfg.num_heads, cfg.mlp_dim, self.opts,
-                            name="transformer")(x)
+                            cfg.get("positions", True), name="transformer")(x)
     return x.reshape(b, s, f, cfg.d_model)

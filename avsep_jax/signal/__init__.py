@@ -17,13 +17,15 @@ from avsep_jax.signal.metrics import sdr
 from avsep_jax.signal.metrics import sdr_improvement
 from avsep_jax.signal.metrics import si_snr
 from avsep_jax.signal.metrics import si_snr_improvement
+from avsep_jax.signal.stft import causal_padding
 from avsep_jax.signal.stft import istft
 from avsep_jax.signal.stft import num_frames
 from avsep_jax.signal.stft import SCALES
 from avsep_jax.signal.stft import stft
+from avsep_jax.signal.stft import window
 
 __all__ = [
-    "SCALES", "activity_loss", "activity_targets", "griffin_lim", "istft",
+    "SCALES", "activity_loss", "activity_targets", "causal_padding", "griffin_lim", "istft",
     "multi_resolution_stft_loss", "negative_si_snr", "num_frames", "pit_loss", "sdr",
-    "sdr_improvement", "si_snr", "si_snr_improvement", "spectral_convergence", "stft",
+    "sdr_improvement", "si_snr", "si_snr_improvement", "spectral_convergence", "stft", "window",
 ]

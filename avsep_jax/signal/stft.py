@@ -19,9 +19,16 @@ import numpy as np
 SCALES = ((512, 400, 160), (256, 200, 80), (1024, 800, 320))
 
 
-def num_frames(num_samples: int, hop_length: int) -> int:
-  """Number of centred STFT frames of a `num_samples`-long signal."""
-  return 1 + num_samples // hop_length
+def num_frames(num_samples: int, hop_length: int, causal: bool = False) -> int:
+  """Number of STFT frames of a `num_samples`-long signal (centred or causal)."""
+  return num_samples // hop_length if causal else 1 + num_samples // hop_length
+
+
+def causal_padding(n_fft: int, win_length: int, hop_length: int) -> int:
+  """Zeros before the signal in causal framing: frame t's window then ends at
+  (t + 1) * hop_length, so it needs no sample later than that (no look-ahead), and
+  overlap-add finishes a sample win_length - hop_length samples after it arrives."""
+  return n_fft - (n_fft - win_length) // 2 - hop_length
 
 
 def _check_scale(n_fft, win_length, hop_length):
@@ -43,7 +50,7 @@ def _check_scale(n_fft, win_length, hop_length):
         f"win_length ({win_length}) must not exceed n_fft ({n_fft}).")
 
 
-def _window(n_fft: int, win_length: int) -> np.ndarray:
+def window(n_fft: int, win_length: int) -> np.ndarray:
   """Periodic Hann window of `win_length` zero-padded centred to `n_fft`.
 
   Equals `librosa.util.pad_center(scipy.signal.get_window('hann', win_length,
@@ -109,18 +116,23 @@ def _overlap_add(frames, hop_length):
 def stft(x: jnp.ndarray,
          n_fft: int = 512,
          win_length: int = 400,
-         hop_length: int = 160) -> jnp.ndarray:
+         hop_length: int = 160,
+         causal: bool = False) -> jnp.ndarray:
   """Centred STFT: `librosa.stft(x, pad_mode='reflect')`, time-major.
+
+  With `causal`, frames are placed for streaming instead: zeros before the signal
+  (`causal_padding`) and none after, so frame t uses samples up to (t + 1) * hop only.
 
   Args:
     x: (..., T) real waveform, T > n_fft // 2 (reflect padding mirrors
-      n_fft // 2 samples at each end).
+      n_fft // 2 samples at each end; causal framing needs T >= hop_length).
     n_fft: FFT size; even.
     win_length: Hann window length, <= n_fft.
     hop_length: frame step in samples.
+    causal: causal framing.
 
   Returns:
-    (..., 1 + T // hop_length, n_fft // 2 + 1) complex64.
+    (..., num_frames(T, hop_length, causal), n_fft // 2 + 1) complex64.
   """
   _check_scale(n_fft, win_length, hop_length)
   x = jnp.asarray(x)
@@ -128,6 +140,16 @@ def stft(x: jnp.ndarray,
     raise ValueError(f"stft expects a (..., T) waveform, got shape {x.shape}.")
   if jnp.iscomplexobj(x):
     raise ValueError(f"stft expects a real waveform, got dtype {x.dtype}.")
+  if causal:
+    if x.shape[-1] < hop_length:
+      raise ValueError(f"causal stft needs at least hop_length = {hop_length} "
+                       f"samples, got T = {x.shape[-1]}.")
+    x = x.astype(jnp.float32)
+    pad = causal_padding(n_fft, win_length, hop_length)
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, 0)])
+    frames = _frame(x, n_fft, hop_length, num_frames(x.shape[-1] - pad, hop_length,
+                                                     causal=True))
+    return jnp.fft.rfft(frames * window(n_fft, win_length), axis=-1)
   if x.shape[-1] <= n_fft // 2:
     raise ValueError(
         f"stft needs more than n_fft // 2 = {n_fft // 2} samples for reflect "
@@ -139,14 +161,15 @@ def stft(x: jnp.ndarray,
   x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
   frames = _frame(x, n_fft, hop_length, num_frames(x.shape[-1] - 2 * pad,
                                                    hop_length))
-  return jnp.fft.rfft(frames * _window(n_fft, win_length), axis=-1)
+  return jnp.fft.rfft(frames * window(n_fft, win_length), axis=-1)
 
 
 def istft(spec: jnp.ndarray,
           n_fft: int = 512,
           win_length: int = 400,
           hop_length: int = 160,
-          length: int | None = None) -> jnp.ndarray:
+          length: int | None = None,
+          causal: bool = False) -> jnp.ndarray:
   """Inverse of `stft`, `librosa.istft(spec.T, ..., length=length)`.
 
   Windowed overlap-add divided by the overlapping squared windows (samples
@@ -159,7 +182,9 @@ def istft(spec: jnp.ndarray,
     win_length: Hann window length, <= n_fft.
     hop_length: frame step in samples.
     length: output length; zero-padded or cropped to it. Defaults to
-      hop_length * (F - 1).
+      hop_length * (F - 1) (hop_length * F when causal).
+    causal: inverts `stft(..., causal=True)`. Its last win_length - hop_length
+      samples have fewer frames over them than in a longer signal.
 
   Returns:
     (..., length) float32.
@@ -181,7 +206,7 @@ def istft(spec: jnp.ndarray,
   # Same precision policy as `stft`: reduced-precision inputs are cast up.
   spec = spec.astype(jnp.complex64)
   n_frames = spec.shape[-2]
-  win = _window(n_fft, win_length)
+  win = window(n_fft, win_length)
   frames = jnp.fft.irfft(spec, n=n_fft, axis=-1) * win
   y = _overlap_add(frames, hop_length)
   # The same overlap-add of the squared window gives the normaliser, aligned
@@ -191,7 +216,12 @@ def istft(spec: jnp.ndarray,
   tiny = np.finfo(np.float32).tiny
   y = y / jnp.where(win_sum > tiny, win_sum, 1.0)
 
-  start = n_fft // 2
+  if causal:
+    start = causal_padding(n_fft, win_length, hop_length)
+    if length is None:
+      length = n_frames * hop_length
+  else:
+    start = n_fft // 2
   if length is None:
     length = y.shape[-1] - 2 * start
   shortfall = max(0, start + length - y.shape[-1])

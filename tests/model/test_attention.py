@@ -130,7 +130,7 @@ def test_smoke_model_gives_the_same_outputs_with_pallas_as_with_xla(streaming, c
     config = model_lib.model_config("smoke", num_speakers=speakers)
     config.attention_impl = impl
     if streaming:
-      config.causal, config.attention_window = True, (6, 0)
+      model_lib.variants.make_causal(config, window=6)
     model = model_lib.AVSeparator(config)
     if impl == "xla":  # the impl does not change the parameters
       params = nn.unbox(jax.jit(model.init)(jax.random.key(0), mixture, video,

@@ -138,3 +138,28 @@ def test_istft_rejects_bad_input():
     avsig.istft(np.zeros(257, np.complex64))
   with pytest.raises(ValueError, match="length must be"):
     avsig.istft(np.zeros((5, 257), np.complex64), length=-1)
+
+
+@pytest.mark.parametrize("scale", avsig.SCALES)
+def test_causal_framing_is_librosa_on_left_padded_input(speech_like, scale):
+  n_fft, win_length, hop = scale
+  x = speech_like(8000, seed=3)
+  pad = avsig.causal_padding(*scale)
+  # Frame t's window ends at (t + 1) * hop: it reads no later sample.
+  assert -pad + (n_fft + win_length) // 2 == hop  # frame 0 starts at -pad
+  padded = np.pad(x, (pad, n_fft))
+  expected = librosa.stft(padded, n_fft=n_fft, hop_length=hop, win_length=win_length,
+                          window="hann", center=False).T[:8000 // hop]
+  actual = np.asarray(avsig.stft(x, *scale, causal=True))
+  assert actual.shape == (avsig.num_frames(8000, hop, causal=True), n_fft // 2 + 1)
+  np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)
+  # Changing the future leaves past frames alone.
+  later = x.copy()
+  later[4000:] = 0.0
+  np.testing.assert_array_equal(
+      np.asarray(avsig.stft(later, *scale, causal=True))[:4000 // hop], actual[:4000 // hop])
+  # And the inverse recovers the signal, the partly covered last hop included, up to
+  # its last few samples, where one window's tail (~1e-4) divides float error.
+  y = np.asarray(avsig.istft(actual, *scale, causal=True))
+  assert y.shape == x.shape
+  np.testing.assert_allclose(y[:-8], x[:-8], atol=1e-5)

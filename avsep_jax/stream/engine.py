@@ -1,0 +1,140 @@
+"""A streaming separator: jitted step functions, input checks and a real-time driver.
+
+  streamer = Streamer(config.model, params, step_ms=20)
+  state = streamer.init(speaker_mask)                 # (B, S) bool
+  state = streamer.push_video(state, frame)           # (B, S, H, W), when it arrives
+  state, out = streamer.push_audio(state, chunk)      # (B, step) -> (B, S, step)
+
+`out` of the step ending at input sample E holds samples [E - delay - step, E - delay)
+of what the model computes offline (`step.py`); `run` drives a whole recording.
+"""
+
+import functools
+import json
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avsep_jax.stream import step as step_lib
+
+
+class Streamer:
+  """Step-by-step inference of a causal model, with clear errors on misuse.
+
+  Attributes:
+    config: `config.model` (causal).
+    step_samples: audio samples per step (a whole number of STFT hops, at most one
+      video frame's worth).
+    delay: algorithmic delay in samples (window - hop).
+  """
+
+  def __init__(self, config, params, step_ms: float = 20.0):
+    step_lib.check_streamable(config)
+    self.config, self.params = config, params
+    hop = config.stft_scales[0][2]
+    step = step_ms * config.sample_rate / 1000.0
+    per_video = step_lib.hops_per_video_frame(config)
+    if step != int(step) or int(step) % hop or not 1 <= int(step) // hop <= per_video:
+      raise ValueError(
+          f"step_ms={step_ms} must be a whole number of {1000 * hop / config.sample_rate:g}"
+          f" ms hops, from one hop to one video frame ({per_video} hops)")
+    self.step_samples = int(step)
+    self.delay = step_lib.delay_samples(config)
+    self.model_id = _model_id(config, params)
+    self._video = jax.jit(functools.partial(step_lib.video_step, config))
+    self._audio = jax.jit(functools.partial(step_lib.audio_step, config))
+    self._template = {}
+
+  def init(self, speaker_mask):
+    """The state before any input for a (B, S) bool speaker mask."""
+    speaker_mask = np.asarray(speaker_mask, bool)
+    if speaker_mask.ndim != 2 or not 1 <= speaker_mask.shape[1] <= self.config.num_speakers:
+      raise ValueError(f"speaker_mask must be (B, S) with S <= "
+                       f"{self.config.num_speakers}, got shape {speaker_mask.shape}")
+    state = step_lib.init_state(self.config, speaker_mask)
+    state["model_id"] = jnp.asarray(self.model_id, jnp.int32)
+    return state
+
+  def push_video(self, state, frame):
+    """Consumes video frame number state['video_frames']: (B, S, H, W) mouth ROIs."""
+    b, s = self._check_state(state)
+    size = self.config.roi_size
+    if np.shape(frame) != (b, s, size, size):
+      raise ValueError(f"a video step is one frame of shape (B, S, H, W) = "
+                       f"{(b, s, size, size)}, got {np.shape(frame)}")
+    return self._video(self.params, state, jnp.asarray(frame))
+
+  def push_audio(self, state, chunk):
+    """Consumes (B, step_samples) mixture samples; returns (state, (B, S, step))."""
+    b, _ = self._check_state(state)
+    if np.shape(chunk) != (b, self.step_samples):
+      raise ValueError(
+          f"an audio step is (B, {self.step_samples}) samples ({self.step_samples} at "
+          f"{self.config.sample_rate} Hz for this streamer), got {np.shape(chunk)}")
+    return self._audio(self.params, state, jnp.asarray(chunk, jnp.float32))
+
+  def video_frames_due(self, samples_after_step: int) -> int:
+    """How many video frames have arrived once the audio reaches this sample."""
+    per_frame = self.config.sample_rate // self.config.video_fps
+    return samples_after_step // per_frame + 1
+
+  def run(self, mixture, video, speaker_mask, on_step=None):
+    """Streams a whole recording as fast as possible, in arrival order.
+
+    Args:
+      mixture: (B, T) float32, T a multiple of step_samples.
+      video: (B, S, F, H, W) mouth ROIs; frame f arrives at f / fps seconds.
+      speaker_mask: (B, S) bool.
+      on_step: optional callable(step_index) after each audio step (progress, timing).
+
+    Returns:
+      (B, S, T) float32: the streamed output, `delay` samples behind the input.
+    """
+    mixture, video = np.asarray(mixture, np.float32), np.asarray(video)
+    if mixture.ndim != 2 or mixture.shape[1] % self.step_samples:
+      raise ValueError(f"mixture must be (B, T) with T a multiple of "
+                       f"{self.step_samples}, got shape {mixture.shape}")
+    state = self.init(speaker_mask)
+    outputs, pushed = [], 0
+    for k in range(mixture.shape[1] // self.step_samples):
+      end = (k + 1) * self.step_samples
+      while pushed < min(self.video_frames_due(end), video.shape[2]):
+        state = self.push_video(state, video[:, :, pushed])
+        pushed += 1
+      state, out = self.push_audio(state, mixture[:, k * self.step_samples:end])
+      outputs.append(out)
+      if on_step is not None:
+        on_step(k)
+    return np.concatenate([np.asarray(o) for o in outputs], axis=-1)
+
+  def _check_state(self, state):
+    """(B, S) of a state made by this streamer; ValueError naming what differs."""
+    if not isinstance(state, dict) or "speaker_mask" not in state:
+      raise ValueError("state must be the dict from Streamer.init or a previous step")
+    b, s = np.shape(state["speaker_mask"])
+    if (b, s) not in self._template:
+      template = jax.eval_shape(functools.partial(step_lib.init_state, self.config),
+                                jax.ShapeDtypeStruct((b, s), bool))
+      self._template[(b, s)] = {**template, "model_id": jax.ShapeDtypeStruct((), jnp.int32)}
+    template = self._template[(b, s)]
+    if set(state) != set(template):
+      raise ValueError(f"state is from another model: keys differ "
+                       f"({sorted(set(state) ^ set(template))[:4]})")
+    for key, ref in template.items():
+      if np.shape(state[key]) != ref.shape:
+        raise ValueError(f"state is from another model: {key} has shape "
+                         f"{np.shape(state[key])}, this model's is {ref.shape}")
+    if int(state["model_id"]) != self.model_id:
+      raise ValueError("state is from another model (its model_id differs: other "
+                       "weights or config)")
+    return b, s
+
+
+def _model_id(config, params) -> int:
+  """A 31-bit fingerprint of the config and weights, carried in the state."""
+  digest = zlib.crc32(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+  for leaf in jax.tree.leaves(params):
+    digest = zlib.crc32(np.asarray(leaf, np.float32).tobytes()[:4096], digest)
+  return digest & 0x7FFFFFFF

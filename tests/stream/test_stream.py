@@ -1,0 +1,113 @@
+"""The causal model and its step-by-step streaming: nothing looks ahead, the stream
+equals the offline model shifted by the stated delay, misuse gets clear errors."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from avsep_jax import model as model_lib
+from avsep_jax.model import variants
+from avsep_jax.stream import Streamer
+
+SAMPLES = 16_000   # 1 s: longer than the test window, so caches roll over
+FRAMES = 25
+
+
+def stream_config(num_speakers, activity_cue=False):
+  """Smoke-sized streaming model with a short window (20 audio frames, 5 video)."""
+  config = variants.make_causal(variants.model_config("smoke", num_speakers), window=20)
+  config.decoder.activity_cue = activity_cue
+  return config
+
+
+@functools.lru_cache(maxsize=None)
+def model_and_params(num_speakers, activity_cue=False):
+  config = stream_config(num_speakers, activity_cue)
+  net = model_lib.AVSeparator(config)
+  mixture, video, mask = inputs(1, num_speakers)
+  params = nn.unbox(net.init(jax.random.key(3), mixture, video, mask))["params"]
+  return config, net, params
+
+
+def inputs(batch, speakers, seed=0):
+  rng = np.random.default_rng(seed)
+  mixture = (0.1 * rng.normal(size=(batch, SAMPLES))).astype(np.float32)
+  video = rng.integers(0, 256, (batch, speakers, FRAMES, 88, 88), dtype=np.uint8)
+  return mixture, video, np.ones((batch, speakers), bool)
+
+
+def offline(net, params, mixture, video, mask):
+  out, _ = jax.jit(net.apply)({"params": params}, mixture, video, mask)
+  return np.asarray(out)
+
+
+def test_stream_variant_is_lite_made_causal():
+  lite, stream = variants.model_config("lite"), variants.model_config("stream")
+  assert stream.causal and tuple(stream.attention_window) == (100, 0)
+  assert stream.fusion.alignment == "hold" and len(stream.stft_scales) == 1
+  assert stream.audio.d_model == lite.audio.d_model
+  with pytest.raises(ValueError, match="one STFT scale"):
+    lite.causal = True
+    model_lib.avsep.check_causal(lite)
+
+
+def test_causal_model_output_ignores_later_input():
+  config, net, params = model_and_params(2)
+  mixture, video, mask = inputs(1, 2)
+  base = offline(net, params, mixture, video, mask)
+  later = mixture.copy()
+  later[:, 8000:] = 0.0
+  # Frame 13 arrives at 0.52 s = sample 8320, after the audio change.
+  changed = video.copy()
+  changed[:, :, 13:] = 0
+  diff = np.abs(offline(net, params, later, changed, mask) - base).max(axis=(0, 1))
+  first = int(np.argmax(diff > 0))
+  # The window of the frame ending at 8160 starts at 7760: its first sample (Hann
+  # weight 0) is the first that may change, win - hop = 240 samples before 8000.
+  delay = config.stft_scales[0][1] - config.stft_scales[0][2]
+  assert first == 8000 - delay + 1, first
+
+
+@pytest.mark.parametrize("num_speakers,absent,activity_cue,step_ms", [
+    (2, (), False, 20), (2, (1,), True, 10), (6, (2, 4, 5), False, 40), (6, (), True, 20)])
+def test_stream_equals_offline_shifted_by_the_delay(num_speakers, absent, activity_cue,
+                                                    step_ms):
+  config, net, params = model_and_params(num_speakers, activity_cue)
+  mixture, video, mask = inputs(2, num_speakers, seed=num_speakers)
+  mask[1, list(absent)] = False
+  expected = offline(net, params, mixture, video, mask)
+  streamer = Streamer(config, params, step_ms=step_ms)
+  assert streamer.delay == 240 and streamer.step_samples == 16 * step_ms
+  out = streamer.run(mixture, video, mask)
+  d = streamer.delay
+  assert out.shape == expected.shape
+  np.testing.assert_allclose(out[..., d:], expected[..., :-d], rtol=0, atol=1e-4)
+  assert np.abs(expected).max() > 1e-2  # not comparing silence
+  np.testing.assert_array_equal(out[..., :d], 0.0)
+  np.testing.assert_array_equal(out[1, list(absent)], 0.0)
+
+
+def test_misuse_gets_a_clear_error():
+  config, _, params = model_and_params(2)
+  streamer = Streamer(config, params, step_ms=20)
+  mixture, video, mask = inputs(1, 2)
+  state = streamer.init(mask)
+  with pytest.raises(ValueError, match=r"an audio step is \(B, 320\) samples"):
+    streamer.push_audio(state, mixture[:, :300])
+  with pytest.raises(ValueError, match="one frame of shape"):
+    streamer.push_video(state, video[:, :, :2])
+  # A state from a model with other weights, and one from another config.
+  other = Streamer(config, jax.tree.map(lambda p: p + 1.0, params))
+  with pytest.raises(ValueError, match="state is from another model"):
+    streamer.push_audio(other.init(mask), mixture[:, :320])
+  config6, _, params6 = model_and_params(6)
+  with pytest.raises(ValueError, match="state is from another model"):
+    streamer.push_audio(Streamer(config6, params6).init(np.ones((1, 6), bool)),
+                        mixture[:, :320])
+  with pytest.raises(ValueError, match="whole number of 10 ms hops"):
+    Streamer(config, params, step_ms=15)
+  with pytest.raises(ValueError, match="needs a causal model"):
+    Streamer(variants.model_config("smoke", 2), params)
