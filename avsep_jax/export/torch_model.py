@@ -5,10 +5,11 @@ module it mirrors (`audio_encoder.transformer.block_0.attn.query`), so
 `avsep_jax.export.convert` maps weights by path. Layouts stay channel-last as in Flax;
 convolutions permute around torch's NCHW kernels.
 
-What is mirrored: both alignments ('interpolate' and 'soft_dtw', the latter with its
-expected-alignment backward pass written out), both phases ('mixture' iSTFT and
-'griffin_lim'), causal and windowed attention, every variant's sizes. Dropout is absent
-(inference only). The forward returns the waveforms; `forward_with_aux` adds the lip
+What is mirrored: every alignment ('interpolate', 'hold' and 'soft_dtw', the latter
+with its expected-alignment backward pass written out), both phases ('mixture' iSTFT
+and 'griffin_lim'), causal and windowed attention, the causal (`stream`) model end to end
+(causal STFT framing, causal CNN and 3-D stem padding, no positions), the decoder's
+activity cue, every variant's sizes. Dropout is absent (inference only). The forward returns the waveforms; `forward_with_aux` adds the lip
 activity logits and the per-scale masks.
 
 Signal processing is written with convolutions only (no torch.stft/istft, no complex
@@ -16,7 +17,7 @@ dtype), because that is what exports to ONNX with a dynamic length (see the serv
 notes): the STFT is a strided conv1d against windowed cos/sin bases after reflect
 padding, the iSTFT a conv_transpose1d against windowed inverse-DFT bases divided by the
 overlap-added squared window, both matching `avsep_jax.signal.stft/istft` (Hann window
-of win_length centred in n_fft, centred frames, librosa's normalisation).
+of win_length centred in n_fft, centred or causal frames, librosa's normalisation).
 """
 
 import math
@@ -27,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 PHASES = ("mixture", "griffin_lim")
-ALIGNMENTS = ("interpolate", "soft_dtw")
+ALIGNMENTS = ("interpolate", "hold", "soft_dtw")
 _PIXEL_MEAN, _PIXEL_STD = 0.45, 0.25
 _LN_EPS = 1e-5
 # jax.nn.dot_product_attention's fill for masked logits.
@@ -73,20 +74,36 @@ def _dft_angles(n_fft, win_length):
   return hann_window(n_fft, win_length), 2.0 * np.pi * k * n / n_fft
 
 
-class STFT(nn.Module):
-  """Centred, reflect-padded STFT as a conv1d: (N, T) -> re, im (N, frames, bins)."""
+def causal_padding(n_fft, win_length, hop_length):
+  """Zeros before the signal in causal framing (`signal.causal_padding`)."""
+  return n_fft - (n_fft - win_length) // 2 - hop_length
 
-  def __init__(self, n_fft, win_length, hop_length):
+
+class STFT(nn.Module):
+  """STFT as a conv1d: (N, T) -> re, im (N, frames, bins).
+
+  Centred and reflect-padded (1 + T // hop frames), or with `causal` framing: zeros
+  before the signal so frame t's window ends at sample (t + 1) * hop (T // hop frames).
+  """
+
+  def __init__(self, n_fft, win_length, hop_length, causal=False):
     super().__init__()
     self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length
+    self.causal = causal
     win, angle = _dft_angles(n_fft, win_length)
     basis = np.concatenate([win * np.cos(angle), -win * np.sin(angle)], axis=0)
     self.register_buffer("basis", torch.tensor(basis[:, None, :], dtype=torch.float32),
                          persistent=False)
 
   def forward(self, x):
-    pad = self.n_fft // 2
-    x = F.pad(x[:, None, :], (pad, pad), mode="reflect")
+    if self.causal:
+      pad = causal_padding(self.n_fft, self.win_length, self.hop_length)
+      # The zeros after the signal only reach the window's zero tail, and give exactly
+      # T // hop frames.
+      x = F.pad(x[:, None, :], (pad, self.n_fft - self.hop_length - pad))
+    else:
+      pad = self.n_fft // 2
+      x = F.pad(x[:, None, :], (pad, pad), mode="reflect")
     y = F.conv1d(x, self.basis, stride=self.hop_length)  # (N, 2*bins, frames)
     bins = self.n_fft // 2 + 1
     return y[:, :bins].transpose(1, 2), y[:, bins:].transpose(1, 2)
@@ -95,9 +112,10 @@ class STFT(nn.Module):
 class ISTFT(nn.Module):
   """Inverse of `STFT` (signal.istft): re, im (N, frames, bins) -> (N, length)."""
 
-  def __init__(self, n_fft, win_length, hop_length):
+  def __init__(self, n_fft, win_length, hop_length, causal=False):
     super().__init__()
     self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length
+    self.causal = causal
     bins = n_fft // 2 + 1
     win, angle = _dft_angles(n_fft, win_length)
     # irfft: DC and Nyquist count once and their imaginary parts are ignored.
@@ -119,8 +137,14 @@ class ISTFT(nn.Module):
     ones = torch.ones_like(spec[:1, :1])
     win_sum = F.conv_transpose1d(ones, self.win_sq, stride=self.hop_length)[0, 0]
     y = y / torch.where(win_sum > _TINY, win_sum, torch.ones_like(win_sum))
-    start = self.n_fft // 2
-    # Every scale has hop <= n_fft // 2, so start + length never passes the end.
+    if self.causal:
+      start = causal_padding(self.n_fft, self.win_length, self.hop_length)
+      # The last samples of a causal signal may lie past the last frame (less than one
+      # hop): zeros, as signal.istft pads.
+      y = F.pad(y, (0, self.hop_length))
+    else:
+      # Every scale has hop <= n_fft // 2, so start + length never passes the end.
+      start = self.n_fft // 2
     return y[:, start:start + length]
 
 
@@ -143,6 +167,15 @@ def _interp_indices(num_out, num_in, scale, offset, device):
   lo = lo.long()
   hi = torch.minimum(lo + 1, (num_in - 1) * torch.ones_like(lo))
   return lo, hi, frac
+
+
+def held_video_frames(num_audio, num_video, scale, device):
+  """(num_audio,) long: the newest video frame arrived when each causal audio frame
+  completes, min(floor((t + 1) * scale), F - 1) with scale = hop * fps / sr
+  (`alignment.video_to_audio_matrix(causal=True)`)."""
+  pos = (torch.arange(num_audio, device=device, dtype=torch.float64) + 1) * scale + 1e-9
+  newest = torch.floor(pos).long()
+  return torch.minimum(newest, (num_video - 1) * torch.ones_like(newest))
 
 
 def _interpolate_time(x, num_out, scale, offset, dim):
@@ -256,16 +289,18 @@ class EncoderBlock(nn.Module):
 
 class Encoder(nn.Module):
 
-  def __init__(self, d, num_layers, num_heads, mlp_dim, causal=False, window=None):
+  def __init__(self, d, num_layers, num_heads, mlp_dim, causal=False, window=None,
+               positions=True):
     super().__init__()
-    self.d = d
+    self.d, self.positions = d, positions
     for i in range(num_layers):
       self.add_module(f"block_{i}", EncoderBlock(d, num_heads, mlp_dim, causal, window))
     self.num_layers = num_layers
     self.ln_out = _layer_norm(d)
 
   def forward(self, x):
-    x = x + sinusoidal_positions(x.shape[1], self.d, x.device)
+    if self.positions:
+      x = x + sinusoidal_positions(x.shape[1], self.d, x.device)
     for i in range(self.num_layers):
       x = getattr(self, f"block_{i}")(x)
     return self.ln_out(x)
@@ -275,11 +310,17 @@ class Encoder(nn.Module):
 
 
 class Conv2dSame(nn.Module):
-  """flax nn.Conv (NHWC, 'SAME' or 'VALID') over the last three dims of (N, H, W, C)."""
+  """flax nn.Conv (NHWC, 'SAME' or 'VALID') over the last three dims of (N, H, W, C).
 
-  def __init__(self, c_in, c_out, kernel, strides=(1, 1), bias=True, padding="SAME"):
+  `first_pads` = (lo, hi) replaces 'SAME' on the first spatial axis (the audio CNN's
+  causal time padding (2, 0)).
+  """
+
+  def __init__(self, c_in, c_out, kernel, strides=(1, 1), bias=True, padding="SAME",
+               first_pads=None):
     super().__init__()
     self.kernel, self.strides, self.padding = tuple(kernel), tuple(strides), padding
+    self.first_pads = first_pads
     self.weight = nn.Parameter(torch.zeros(c_out, c_in, *self.kernel))
     self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
 
@@ -288,7 +329,7 @@ class Conv2dSame(nn.Module):
     if self.padding == "SAME":
       # Static spatial sizes take XLA's formula; a stride-1 (possibly dynamic) axis
       # pads kernel - 1 whatever its size.
-      ph = _same_pads(x.shape[2], self.kernel[0], self.strides[0])
+      ph = self.first_pads or _same_pads(x.shape[2], self.kernel[0], self.strides[0])
       pw = _same_pads(x.shape[3], self.kernel[1], self.strides[1])
       x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]))
     x = F.conv2d(x, self.weight, self.bias, stride=self.strides)
@@ -314,17 +355,18 @@ class DepthwiseConv(nn.Module):
 
 
 class FramesConv3D(nn.Module):
-  """`visual.FramesAsChannelsConv3D`: 'SAME' 3-D conv of (N, F, H, W, 1) video."""
+  """`visual.FramesAsChannelsConv3D`: 'SAME' 3-D conv of (N, F, H, W, 1) video
+  (`causal`: kt - 1 past frames of time padding instead)."""
 
-  def __init__(self, features, kernel, strides):
+  def __init__(self, features, kernel, strides, causal=False):
     super().__init__()
-    self.kernel, self.strides = tuple(kernel), tuple(strides)
+    self.kernel, self.strides, self.causal = tuple(kernel), tuple(strides), causal
     self.weight = nn.Parameter(torch.zeros(features, 1, *self.kernel))
 
   def forward(self, x):
     kt, kh, kw = self.kernel
     x = x[:, None, ..., 0]  # (N, 1, F, H, W)
-    pt = _same_pads(x.shape[2], kt, 1)
+    pt = (kt - 1, 0) if self.causal else _same_pads(x.shape[2], kt, 1)
     ph = _same_pads(x.shape[3], kh, self.strides[1])
     pw = _same_pads(x.shape[4], kw, self.strides[2])
     x = F.pad(x, (pw[0], pw[1], ph[0], ph[1], pt[0], pt[1]))
@@ -347,12 +389,12 @@ class ConvNormAct(nn.Module):
   """`visual.ConvNormAct`; the conv kind follows the same rules as the Flax module."""
 
   def __init__(self, c_in, features, kernel, strides=None, groups=1, linear=False,
-               padding="SAME"):
+               padding="SAME", causal=False):
     super().__init__()
     kernel = tuple(kernel)
     strides = tuple(strides) if strides else (1,) * len(kernel)
     if len(kernel) == 3 and c_in == 1:
-      self.conv = FramesConv3D(features, kernel, strides)
+      self.conv = FramesConv3D(features, kernel, strides, causal)
     elif groups == 1 and all(k == 1 for k in kernel) and all(s == 1 for s in strides):
       self.conv = nn.Linear(c_in, features, bias=False)
     elif groups > 1 and groups == c_in == features:
@@ -425,26 +467,30 @@ class AudioEncoder(nn.Module):
 
   def __init__(self, cfg, n_fft, causal, window):
     super().__init__()
-    self.phase_features = cfg.phase_features
+    self.phase_features, self.causal = cfg.phase_features, causal
     c = 3 if cfg.phase_features else 1
     f = n_fft // 2 + 1
     self.cnn = nn.Module()
     self.num_cnn = len(cfg.cnn_channels)
     for i, ch in enumerate(cfg.cnn_channels):
-      self.cnn.add_module(f"conv_{i}", Conv2dSame(c, ch, (3, 3), (1, 2)))
+      self.cnn.add_module(f"conv_{i}", Conv2dSame(c, ch, (3, 3), (1, 2),
+                                                  first_pads=(2, 0) if causal else None))
       self.cnn.add_module(f"ln_{i}", _layer_norm(ch))
       c, f = ch, -(-f // 2)
     self.proj = nn.Linear(c * f, cfg.d_model)
     self.transformer = Encoder(cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.mlp_dim,
-                               causal, window)
+                               causal, window, cfg.get("positions", True))
 
   def features(self, re, im):
     """`audio.spectrogram_features`: (B, T, F) -> (B, T, F, C)."""
     feats = [torch.log(torch.sqrt(re * re + im * im) + 1e-5)]
     if self.phase_features:
       c, s = _unit_phase(re, im)
-      c_prev = torch.cat([c[:, :1], c[:, :-1]], dim=1)
-      s_prev = torch.cat([s[:, :1], s[:, :-1]], dim=1)
+      # Causal: the frame before the first has phase zero (cos 1, sin 0).
+      c0 = torch.ones_like(c[:, :1]) if self.causal else c[:, :1]
+      s0 = torch.zeros_like(s[:, :1]) if self.causal else s[:, :1]
+      c_prev = torch.cat([c0, c[:, :-1]], dim=1)
+      s_prev = torch.cat([s0, s[:, :-1]], dim=1)
       # cos and sin of the frame-to-frame phase difference, without atan2.
       feats += [c * c_prev + s * s_prev, s * c_prev - c * s_prev]
     return torch.stack(feats, dim=-1)
@@ -463,14 +509,14 @@ class VisualEncoder(nn.Module):
     super().__init__()
     self.embed_dim, self.d_model = cfg.embed_dim, cfg.d_model
     self.stem3d = ConvNormAct(1, cfg.stem_channels, tuple(cfg.stem_kernel),
-                              strides=(1, 2, 2))
+                              strides=(1, 2, 2), causal=causal)
     size = -(-roi_size // 2)
     self.trunk = MobileFaceNet(cfg.stem_channels, size, cfg.trunk_stem_channels,
                                tuple(map(tuple, cfg.trunk_blocks)),
                                cfg.trunk_out_channels, cfg.embed_dim)
     self.proj = nn.Linear(cfg.embed_dim, cfg.d_model)
     self.transformer = Encoder(cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.mlp_dim,
-                               causal, window)
+                               causal, window, cfg.get("positions", True))
 
   def forward(self, video):
     """(B, S, F, H, W) uint8 or float in [0, 255] -> (B, S, F, d_model)."""
@@ -551,6 +597,9 @@ class VideoAligner(nn.Module):
     t = audio.shape[1]
     if self.method == "interpolate":
       return _interpolate_time(video, t, self.scale, -0.5, dim=2)
+    if self.method == "hold":
+      return torch.index_select(
+          video, 2, held_video_frames(t, video.shape[2], self.scale, video.device))
     a = self.audio_proj(audio)
     v = self.video_proj(video)
     a = a / (torch.linalg.vector_norm(a, dim=-1, keepdim=True) + 1e-6)
@@ -679,17 +728,17 @@ class SeparationDecoder(nn.Module):
     for n_fft, _, _ in scales:
       self.add_module(f"mask_{n_fft}", nn.Linear(d, n_fft // 2 + 1))
 
-  def forward(self, video, audio, speaker_mask, num_samples):
-    """-> list over scales of (B, S, T_k, n_fft // 2 + 1) masks in [0, 1]."""
+  def forward(self, video, audio, speaker_mask, num_frames):
+    """num_frames: each scale's STFT frame count ->
+    list over scales of (B, S, T_k, n_fft // 2 + 1) masks in [0, 1]."""
     x = video + self.query_embedding
     for i in range(self.num_layers):
       x = getattr(self, f"layer_{i}")(x, audio, speaker_mask)
     x = self.ln_out(x)
     main_hop = self.scales[0][2]
     masks = []
-    for n_fft, _, hop in self.scales:
+    for (n_fft, _, hop), t_k in zip(self.scales, num_frames):
       logits = getattr(self, f"mask_{n_fft}")(x)
-      t_k = num_samples // hop + 1
       logits = _interpolate_time(logits, t_k, hop / main_hop, 0.0, dim=2)
       masks.append(torch.sigmoid(logits))
     return masks
@@ -733,8 +782,9 @@ class AVSeparatorTorch(nn.Module):
     video_window = None if window is None else tuple(
         math.ceil(w / frames_per_video) for w in window)
 
-    self.stfts = nn.ModuleList([STFT(*s) for s in self.scales])
-    self.istfts = nn.ModuleList([ISTFT(*s) for s in self.scales])
+    self.causal = causal
+    self.stfts = nn.ModuleList([STFT(*s, causal=causal) for s in self.scales])
+    self.istfts = nn.ModuleList([ISTFT(*s, causal=causal) for s in self.scales])
     self.audio_encoder = AudioEncoder(cfg.audio, main_n_fft, causal, window)
     self.visual_encoder = VisualEncoder(cfg.visual, cfg.roi_size, causal, video_window)
     self.activity_head = nn.Linear(cfg.visual.d_model, 1)
@@ -742,6 +792,10 @@ class AVSeparatorTorch(nn.Module):
                          cfg.sample_rate, cfg.video_fps, causal, window)
     self.decoder = SeparationDecoder(cfg.decoder, cfg.audio.d_model, self.scales,
                                      causal, window)
+    # The decoder's slot cue: each slot's lip activity on the audio frames, (c, c^2).
+    self.activity_cue = (nn.Linear(2, cfg.audio.d_model)
+                         if cfg.decoder.get("activity_cue") else None)
+    self.video_scale = main_hop * cfg.video_fps / cfg.sample_rate
 
   def forward(self, mixture, video, speaker_mask):
     """mixture (B, T) f32, video (B, S, F, H, W) uint8, speaker_mask (B, S) bool
@@ -759,7 +813,9 @@ class AVSeparatorTorch(nn.Module):
     video_tokens = self.visual_encoder(video)
     activity = self.activity_head(video_tokens)[..., 0]
     audio, streams = self.fusion(audio, video_tokens, speaker_mask)
-    masks = self.decoder(streams, audio, speaker_mask, num_samples)
+    if self.activity_cue is not None:
+      streams = streams + self._activity_cue(torch.sigmoid(activity), streams.shape[2])
+    masks = self.decoder(streams, audio, speaker_mask, [re.shape[1] for re, _ in specs])
 
     keep = speaker_mask[:, :, None].float()
     waves = []
@@ -777,3 +833,13 @@ class AVSeparatorTorch(nn.Module):
       waves.append(y.reshape(b, s, -1) * keep)
     return torch.stack(waves, dim=1).mean(dim=1), {"activity_logits": activity,
                                                    "masks": masks}
+
+  def _activity_cue(self, cue, num_frames):
+    """(B, S, F) activity in [0, 1] on video frames -> (B, S, T, d) query offsets."""
+    if self.causal:
+      c = torch.index_select(
+          cue, 2, held_video_frames(num_frames, cue.shape[2], self.video_scale, cue.device))
+    else:
+      c = _interpolate_time(cue, num_frames, self.video_scale, -0.5, dim=2)
+    c = c[..., None]
+    return self.activity_cue(torch.cat([c, c * c], dim=-1))
