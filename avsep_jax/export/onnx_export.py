@@ -12,6 +12,7 @@ length (see the serving notes), which the alignment and attention masks need.
 
 import json
 import os
+import zlib
 
 import ml_collections
 import numpy as np
@@ -144,3 +145,163 @@ def quantize_int8(src, dst):
   _set_metadata(proto, config)
   onnx.save(proto, str(dst))
   return dst
+
+
+# -------------------------------------------------------------------------- streaming
+
+QUANTIZE_MODES = ("dynamic", "static")
+_MAX_CALIBRATION_FEEDS = 256
+
+
+def export_stream(model_config, params, directory, *, step_ms=20.0, quantize=None,
+                  calibration=None):
+  """Writes the causal model's two step graphs and their metadata to `directory`.
+
+  `video_step.onnx` (one mouth frame per slot) and `audio_step.onnx` (`step_ms` of
+  audio) take the state entries they read as inputs (`avsep_jax.stream.step` names)
+  plus `frame` (1, S, H, W) uint8 / `chunk` (1, step) float32, and return the entries
+  they change as `new_<name>` (the audio graph first returns `waveforms` (1, S, step)).
+  Shapes are static: batch 1, S = model_config.num_speakers. `stream.json` names the
+  config, step, delay, state and each graph's inputs and outputs;
+  `avsep_jax.stream.onnx_engine.OnnxStreamer` runs the directory.
+
+  Args:
+    model_config: `config.model` of a causal model; params: its Flax params.
+    directory: created if needed; the three files are overwritten.
+    step_ms: audio per step, a whole number of STFT hops up to one video frame.
+    quantize: None, 'dynamic' (INT8 weights of every MatMul, activations quantized at
+      run time) or 'static' (QDQ INT8 MatMuls, activation ranges calibrated).
+    calibration: for 'static': a list of (mixture (T,) or (B, T), video (S, F, H, W)
+      or (B, S, F, H, W), speaker_mask (S,) or (B, S)) recordings; the f32 graphs
+      stream them and the step inputs they see calibrate the ranges.
+
+  Returns:
+    `directory`.
+
+  Raises:
+    ValueError: a model that cannot stream (not causal, ...), a bad step, a bad
+      quantize mode or missing calibration.
+  """
+  import torch
+  from avsep_jax.export import convert
+  from avsep_jax.export import torch_stream
+  from avsep_jax.stream import Streamer
+  from avsep_jax.stream import onnx_engine
+
+  if quantize not in (None,) + QUANTIZE_MODES:
+    raise ValueError(f"quantize must be one of {QUANTIZE_MODES} or None, got {quantize!r}")
+  if quantize == "static" and not calibration:
+    raise ValueError("static INT8 needs calibration recordings (a list of "
+                     "(mixture, video, speaker_mask))")
+  reference = Streamer(model_config, params, step_ms)  # validates config and step
+  m = model_config
+  s, roi, hop = int(m.num_speakers), int(m.roi_size), int(m.stft_scales[0][2])
+  mirror = convert.build_mirror(m, params)
+  steps = {"video_step": torch_stream.VideoStep(mirror, m).eval(),
+           "audio_step": torch_stream.AudioStep(mirror, m,
+                                                reference.step_samples // hop).eval()}
+  data = {"video_step": ("frame", torch.zeros(1, s, roi, roi, dtype=torch.uint8)),
+          "audio_step": ("chunk", torch.zeros(1, reference.step_samples))}
+  state = torch_stream.init_state(m, np.ones((1, s), bool))
+  model_id = reference.model_id
+  if quantize:
+    model_id = zlib.crc32(f"{model_id}:int8-{quantize}".encode()) & 0x7FFFFFFF
+  meta = {
+      "format": onnx_engine.FORMAT_TAG,
+      "model_config": json.loads(m.to_json()),
+      "step_ms": step_ms, "step_samples": reference.step_samples,
+      "delay": reference.delay, "batch": 1, "speakers": s,
+      "model_id": model_id, "quantize": quantize, "opset": OPSET,
+      "state": [[n, list(shape), dtype]
+                for n, shape, dtype in torch_stream.state_spec(m, 1, s)],
+  }
+  os.makedirs(directory, exist_ok=True)
+  for graph, module in steps.items():
+    name, example = data[graph]
+    outputs = (["waveforms"] if graph == "audio_step" else []) + list(module.writes)
+    meta[graph] = {"reads": list(module.reads), "data": name, "outputs": outputs}
+    path = os.path.join(directory, f"{graph}.onnx")
+    with torch.no_grad():
+      torch.onnx.export(
+          module, tuple(state[k] for k in module.reads) + (example,), path,
+          input_names=list(module.reads) + [name],
+          output_names=[o if o == "waveforms" else f"new_{o}" for o in outputs],
+          opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
+    _set_stream_metadata(path, reference.model_id)
+  with open(os.path.join(directory, onnx_engine.METADATA), "w") as f:
+    json.dump({**meta, "model_id": reference.model_id, "quantize": None}, f, indent=1)
+  if quantize:
+    feeds = (_record_feeds(directory, calibration) if quantize == "static" else None)
+    for graph in steps:
+      path = os.path.join(directory, f"{graph}.onnx")
+      _quantize_graph(path, quantize, feeds and feeds[graph])
+      _set_stream_metadata(path, model_id)
+    with open(os.path.join(directory, onnx_engine.METADATA), "w") as f:
+      json.dump(meta, f, indent=1)
+  return directory
+
+
+def _set_stream_metadata(path, model_id):
+  import onnx
+  from avsep_jax.stream import onnx_engine
+  proto = onnx.load(path)
+  for key, value in (("format", onnx_engine.FORMAT_TAG), ("model_id", str(model_id))):
+    entry = next((p for p in proto.metadata_props if p.key == key), None)
+    if entry is None:
+      entry = proto.metadata_props.add()
+      entry.key = key
+    entry.value = value
+  onnx.save(proto, path)
+  onnx.checker.check_model(path, full_check=True)
+
+
+def _record_feeds(directory, recordings):
+  """{graph: [feed dict]} of the f32 step graphs streaming `recordings` (batch 1 each),
+  at most _MAX_CALIBRATION_FEEDS per graph, evenly spread."""
+  from avsep_jax.stream import onnx_engine
+
+  class Recorder(onnx_engine.OnnxStreamer):
+    feeds = {g: [] for g in onnx_engine.GRAPHS}
+
+    def _run(self, graph, state, data):
+      io = self._io[graph]
+      self.feeds[graph].append({**{k: state[k] for k in io["reads"]}, io["data"]: data})
+      return super()._run(graph, state, data)
+
+  recorder = Recorder(directory)
+  step = recorder.step_samples
+  for mixture, video, speaker_mask in recordings:
+    mixture = np.asarray(mixture, np.float32)
+    video, speaker_mask = np.asarray(video), np.asarray(speaker_mask, bool)
+    if mixture.ndim == 1:
+      mixture, video, speaker_mask = mixture[None], video[None], speaker_mask[None]
+    for i in range(mixture.shape[0]):
+      t = mixture.shape[1] // step * step
+      recorder.run(mixture[i:i + 1, :t], video[i:i + 1], speaker_mask[i:i + 1])
+  out = {}
+  for graph, feeds in recorder.feeds.items():
+    keep = np.unique(np.linspace(0, len(feeds) - 1, _MAX_CALIBRATION_FEEDS).astype(int))
+    out[graph] = [feeds[k] for k in keep]
+  return out
+
+
+def _quantize_graph(path, mode, feeds=None):
+  """INT8 MatMuls of one step graph, in place (the STFT convs stay float)."""
+  from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                        quantize_dynamic, quantize_static)
+  tmp = path + ".int8"
+  if mode == "dynamic":
+    quantize_dynamic(path, tmp, op_types_to_quantize=["MatMul"], per_channel=True,
+                     weight_type=QuantType.QInt8)
+  else:
+    class Reader(CalibrationDataReader):
+      def __init__(self):
+        self.it = iter(feeds)
+
+      def get_next(self):
+        return next(self.it, None)
+
+    quantize_static(path, tmp, Reader(), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=["MatMul"], per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+  os.replace(tmp, path)
