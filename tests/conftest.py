@@ -1,10 +1,15 @@
-"""A SynthAV `tiny` build shared by every test that reads data (built once, even under xdist)."""
+"""Shared fixtures: a SynthAV `tiny` build (built once, even under xdist) and untrained
+training checkpoints of any config."""
 
 import fcntl
+import os
+import pathlib
 
 import pytest
 
 from avsep_jax.data.synthav import builder as builder_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +24,34 @@ def tiny_data_dir(tmp_path_factory, worker_id):
     builder_lib.build("tiny", str(data_dir))  # a no-op once prepared
     fcntl.flock(lock, fcntl.LOCK_UN)
   return str(data_dir)
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory):
+  """make(config, name) -> a training workdir holding an untrained checkpoint of
+  `config` (a ConfigDict, or 'configs/<file>.py:variant' relative to the repo; step 0,
+  as the trainer writes it) and its config.json."""
+  import grain  # pylint: disable=g-import-not-at-top
+  from avsep_jax import checkpoints, parallel, separate, train  # pylint: disable=g-import-not-at-top
+  from avsep_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+  from avsep_jax.model import AVSeparator  # pylint: disable=g-import-not-at-top
+
+  def make(config, name):
+    if isinstance(config, str):
+      config, _ = separate.load_config(None, os.path.join(ROOT, config))
+    workdir = str(tmp_path_factory.mktemp(name))
+    mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
+    rules = tuple(tuple(r) for r in config.logical_axis_rules)
+    optimizer, _ = train.make_optimizer(config)
+    state, _, _ = train.create_train_state(config, AVSeparator(config.model), optimizer,
+                                           mesh, rules)
+    mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"), keep=1,
+                               save_every=1, async_save=False)
+    checkpoints.save(mngr, 0, state, iter(grain.MapDataset.range(1).to_iter_dataset()),
+                     force=True)
+    mngr.wait_until_finished()
+    mngr.close()
+    main_lib.save_config(config, workdir)
+    return workdir
+
+  return make

@@ -5,7 +5,6 @@ module at step 0 (untrained weights: the test checks the plumbing, not the quali
 with the `config.json` the trainer writes beside it.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -13,16 +12,13 @@ import subprocess
 import sys
 import wave
 
-import grain
 import numpy as np
 import pytest
 import soxr
 from PIL import Image
 
-from avsep_jax import checkpoints, parallel, separate, train
-from avsep_jax import main as main_lib
+from avsep_jax import separate
 from avsep_jax.data.synthav import tts
-from avsep_jax.model import AVSeparator
 from avsep_jax.vision import avio
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -74,26 +70,9 @@ def media(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(make_checkpoint):
   """A training workdir holding an untrained smoke-model checkpoint and config.json."""
-  workdir = str(tmp_path_factory.mktemp("separate_workdir"))
-  spec = importlib.util.spec_from_file_location("cfg", ROOT / "configs" / "2spk.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("smoke")
-  mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
-  rules = tuple(tuple(r) for r in config.logical_axis_rules)
-  optimizer, _ = train.make_optimizer(config)
-  state, _, _ = train.create_train_state(config, AVSeparator(config.model), optimizer,
-                                         mesh, rules)
-  mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"), keep=1, save_every=1,
-                             async_save=False)
-  checkpoints.save(mngr, 0, state, iter(grain.MapDataset.range(1).to_iter_dataset()),
-                   force=True)
-  mngr.wait_until_finished()
-  mngr.close()
-  main_lib.save_config(config, workdir)
-  return workdir
+  return make_checkpoint("configs/2spk.py:smoke", "separate_workdir")
 
 
 def run_separate(*args):

@@ -21,11 +21,12 @@ from avsep_jax.signal.stft import causal_padding
 from avsep_jax.signal.stft import istft
 from avsep_jax.signal.stft import num_frames
 from avsep_jax.signal.stft import SCALES
+from avsep_jax.signal.stft import steady_window_sum
 from avsep_jax.signal.stft import stft
 from avsep_jax.signal.stft import window
 
 __all__ = [
     "SCALES", "activity_loss", "activity_targets", "causal_padding", "griffin_lim", "istft",
     "multi_resolution_stft_loss", "negative_si_snr", "num_frames", "pit_loss", "sdr",
-    "sdr_improvement", "si_snr", "si_snr_improvement", "spectral_convergence", "stft", "window",
+    "sdr_improvement", "si_snr", "si_snr_improvement", "spectral_convergence", "steady_window_sum", "stft", "window",
 ]

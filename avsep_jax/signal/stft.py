@@ -50,6 +50,14 @@ def _check_scale(n_fft, win_length, hop_length):
         f"win_length ({win_length}) must not exceed n_fft ({n_fft}).")
 
 
+def steady_window_sum(n_fft: int, win_length: int, hop_length: int) -> np.ndarray:
+  """(hop_length,) float32: the overlap-added squared window away from the ends, one
+  period of it (sample i of every hop). Inside a signal it is the iSTFT's normaliser."""
+  squared = window(n_fft, win_length).astype(np.float64) ** 2
+  squared = np.pad(squared, (0, -len(squared) % hop_length))
+  return squared.reshape(-1, hop_length).sum(axis=0).astype(np.float32)
+
+
 def window(n_fft: int, win_length: int) -> np.ndarray:
   """Periodic Hann window of `win_length` zero-padded centred to `n_fft`.
 
@@ -184,7 +192,9 @@ def istft(spec: jnp.ndarray,
     length: output length; zero-padded or cropped to it. Defaults to
       hop_length * (F - 1) (hop_length * F when causal).
     causal: inverts `stft(..., causal=True)`. Its last win_length - hop_length
-      samples have fewer frames over them than in a longer signal.
+      samples have fewer frames over them than in a longer signal: they are
+      divided by no less than the interior's normaliser, so they fade instead of
+      amplifying error (they are not reconstructed exactly).
 
   Returns:
     (..., length) float32.
@@ -213,6 +223,11 @@ def istft(spec: jnp.ndarray,
   # with `y` sample for sample.
   win_sum = _overlap_add(jnp.broadcast_to(win**2, (n_frames, n_fft)),
                          hop_length)
+  if causal:
+    # The last win_length - hop_length samples lie under fewer windows than the rest;
+    # dividing by their small sums would blow up rounding error there. No sample is
+    # divided by less than the interior's smallest sum (so those samples fade out).
+    win_sum = jnp.maximum(win_sum, steady_window_sum(n_fft, win_length, hop_length).min())
   tiny = np.finfo(np.float32).tiny
   y = y / jnp.where(win_sum > tiny, win_sum, 1.0)
 

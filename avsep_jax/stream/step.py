@@ -375,12 +375,10 @@ def _overlap_add(config, state, spec, masks, new):
     out = out.at[..., j * hop:j * hop + win].add(frames[:, :, j])
   # Every sample at or after the stream's start lies under the same set of window
   # positions, so the squared-window normaliser is periodic in the hop.
-  norm = np.zeros(hop, np.float64)
-  for start in range(0, win, hop):
-    seg = window[left + start:left + min(start + hop, win)] ** 2
-    norm[:len(seg)] += seg
+  # (steady_window_sum's phase counts from the frame's start, ours from the window's.)
+  norm = np.roll(signal.steady_window_sum(n_fft, win, hop), -left)
   new["ola"] = out[..., n * hop:]
-  done = out[..., :n * hop] / jnp.asarray(np.tile(norm, n), jnp.float32)
+  done = out[..., :n * hop] / jnp.asarray(np.tile(norm, n))
   # Samples before the start (the first DELAY of the first steps) are not signal.
   position = state["samples"] - (win - hop) + jnp.arange(n * hop)
   return jnp.where(position >= 0, done, 0.0)

@@ -5,13 +5,18 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from avsep_jax.export import convert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.test_separate import checkpoint  # noqa: F401,E402  (module fixture)
+
+@pytest.fixture(scope="module")
+def checkpoint(make_checkpoint):
+  """An untrained 2-slot smoke checkpoint, as `configs/2spk.py:smoke` trains it."""
+  return make_checkpoint("configs/2spk.py:smoke", "export_workdir")
 
 
 def run_export(*args):
@@ -21,7 +26,7 @@ def run_export(*args):
                         timeout=300)
 
 
-def test_torch_export_and_bad_checkpoints(checkpoint, tmp_path):  # noqa: F811
+def test_torch_export_and_bad_checkpoints(checkpoint, tmp_path):
   out = tmp_path / "model.safetensors"
   result = run_export("--checkpoint", checkpoint, "--format", "torch", "--output", out)
   assert result.returncode == 0, result.stderr
