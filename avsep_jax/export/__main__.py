@@ -1,13 +1,17 @@
 """Serving artefacts from a training checkpoint.
 
-  python -m avsep_jax.export --checkpoint WORKDIR --format {torch,onnx} \
-      [--quantize int8] --output PATH [--which best|latest] [--config FILE.py:variant]
+  python -m avsep_jax.export --checkpoint WORKDIR --format {torch,onnx,stream} \
+      [--quantize int8] [--step-ms 20] --output PATH [--which best|latest] \
+      [--config FILE.py:variant]
 
 torch: a safetensors file of the PyTorch mirror with the model config in its metadata
 (`convert.load_safetensors` rebuilds the model). onnx: one self-contained .onnx file
 (dynamic batch and length); --quantize int8 writes the dynamically quantized model
-instead. Problems (no checkpoint, params of another config, an option this model cannot
-export) print one `error:` line and exit 1.
+instead. stream (a causal model only): a directory PATH with the step graphs
+`video_step.onnx`, `audio_step.onnx` and `stream.json`, run by
+`avsep_jax.stream.onnx_engine.OnnxStreamer`; --step-ms sets the audio per step, and
+--quantize int8 quantizes the MatMuls dynamically. Problems (no checkpoint, params of
+another config, an option this model cannot export) print one `error:` line and exit 1.
 """
 
 import argparse
@@ -20,9 +24,12 @@ def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m avsep_jax.export",
                                    description=__doc__.splitlines()[0])
   parser.add_argument("--checkpoint", required=True, help="training workdir")
-  parser.add_argument("--format", required=True, choices=("torch", "onnx"))
+  parser.add_argument("--format", required=True, choices=("torch", "onnx", "stream"))
   parser.add_argument("--quantize", choices=("int8",), default=None)
-  parser.add_argument("--output", required=True, help="file to write")
+  parser.add_argument("--step-ms", type=float, default=20.0,
+                      help="stream: audio per step (whole 10 ms hops, at most 40)")
+  parser.add_argument("--output", required=True,
+                      help="file to write (a directory for --format stream)")
   parser.add_argument("--which", choices=("best", "latest"), default="best")
   parser.add_argument("--config", default=None,
                       help="configs/<file>.py[:variant] instead of the run's config.json")
@@ -38,10 +45,20 @@ def main(argv=None):
 def export(args):
   from avsep_jax import separate
   from avsep_jax.export import convert
-  if args.quantize and args.format != "onnx":
-    raise ValueError("--quantize int8 applies to --format onnx only")
+  if args.quantize and args.format not in ("onnx", "stream"):
+    raise ValueError("--quantize int8 applies to --format onnx or stream only")
   loaded = separate.load_model(args.checkpoint, args.which, args.config)
   model_config = loaded.config.model
+  if args.format == "stream":
+    from avsep_jax.export import onnx_export
+    from avsep_jax.stream import step as step_lib
+    step_lib.check_streamable(model_config)  # before any file is written
+    onnx_export.export_stream(model_config, loaded.params, args.output,
+                              step_ms=args.step_ms,
+                              quantize="dynamic" if args.quantize else None)
+    print(f"wrote {args.output}/ (stream, {args.step_ms:g} ms steps"
+          f"{', int8' if args.quantize else ''}; step {loaded.step}, {loaded.params_key})")
+    return
   mirror = convert.build_mirror(model_config, loaded.params)
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   if args.format == "torch":

@@ -1,0 +1,253 @@
+"""Streaming export: torch step modules and ONNX step graphs on onnxruntime equal the
+JAX step engine (and so the offline causal model shifted by the delay); INT8 stays
+close; misuse gets clear errors. Smoke-size causal models, random weights."""
+
+import functools
+import os
+import shutil
+
+import jax
+import numpy as np
+import onnx
+import pytest
+
+from avsep_jax import model as model_lib
+from avsep_jax.export import convert
+from avsep_jax.export import onnx_export
+from avsep_jax.export import torch_stream
+from avsep_jax.model import variants
+from avsep_jax.stream import Streamer
+from avsep_jax.stream import step as step_lib
+from avsep_jax.stream.onnx_engine import OnnxStreamer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOL = 1e-4
+SAMPLES = 16_000   # 1 s: longer than the 20-frame window, so every cache rolls over
+FRAMES = 25
+
+
+def stream_config(num_speakers, activity_cue):
+  config = variants.make_causal(variants.model_config("smoke", num_speakers), window=20)
+  config.decoder.activity_cue = activity_cue
+  return config
+
+
+@functools.lru_cache(maxsize=None)
+def model_and_params(num_speakers, activity_cue):
+  """Config, Flax module and random Flax params (drawn on the torch mirror and
+  converted: no JAX init to compile)."""
+  import torch
+  config = stream_config(num_speakers, activity_cue)
+  mirror = convert.build_mirror(config)
+  gen = torch.Generator().manual_seed(num_speakers)
+  with torch.no_grad():
+    for p in mirror.parameters():
+      p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+  params = convert.state_dict_to_flax(mirror.state_dict(), mirror)
+  return config, model_lib.AVSeparator(config), params
+
+
+@functools.lru_cache(maxsize=None)
+def jax_stream(num_speakers, activity_cue, step_ms, absent, seed):
+  """The JAX step engine's output on `inputs(num_speakers, absent, seed)`."""
+  config, _, params = model_and_params(num_speakers, activity_cue)
+  return Streamer(config, params, step_ms=step_ms).run(*inputs(num_speakers, absent, seed))
+
+
+def inputs(num_speakers, absent, seed=0):
+  rng = np.random.default_rng(seed)
+  mixture = (0.1 * rng.normal(size=(1, SAMPLES))).astype(np.float32)
+  video = rng.integers(0, 256, (1, num_speakers, FRAMES, 88, 88), dtype=np.uint8)
+  mask = np.ones((1, num_speakers), bool)
+  mask[0, list(absent)] = False
+  return mixture, video, mask
+
+
+@functools.lru_cache(maxsize=None)
+def exported(num_speakers, activity_cue, step_ms, quantize=None, directory=None):
+  config, _, params = model_and_params(num_speakers, activity_cue)
+  calibration = None
+  if quantize == "static":
+    calibration = [inputs(num_speakers, (), seed=10 + k)[:3] for k in range(2)]
+    calibration = [(m[:, :8_000], v[:, :, :13], s) for m, v, s in calibration]
+  return onnx_export.export_stream(config, params, directory, step_ms=step_ms,
+                                   quantize=quantize, calibration=calibration)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+  # Eager torch with 2 threads crawls when the 2 cores are shared with other work.
+  import torch
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("stream")
+  return lambda *args: exported(*args, directory=str(root / "_".join(map(str, args))))
+
+
+def snr_db(reference, estimate):
+  return 10 * np.log10(np.sum(reference ** 2) / np.sum((estimate - reference) ** 2))
+
+
+@pytest.mark.parametrize("num_speakers,absent,activity_cue,step_ms", [
+    (2, (1,), True, 20), (6, (2, 4, 5), False, 40)])
+def test_onnx_and_torch_streams_equal_the_jax_stream(export_dir, num_speakers, absent,
+                                                     activity_cue, step_ms):
+  config, net, params = model_and_params(num_speakers, activity_cue)
+  mixture, video, mask = inputs(num_speakers, absent, seed=num_speakers)
+  jax_streamer = Streamer(config, params, step_ms=step_ms)
+  want = jax_stream(num_speakers, activity_cue, step_ms, absent, num_speakers)
+  assert np.abs(want).max() > 1e-2   # not comparing silence
+
+  onnx_streamer = OnnxStreamer(export_dir(num_speakers, activity_cue, step_ms))
+  torch_streamer = torch_stream.TorchStreamer(config, params, step_ms=step_ms)
+  for streamer in (onnx_streamer, torch_streamer):
+    assert (streamer.step_samples, streamer.delay) == (16 * step_ms, 240)
+    assert streamer.model_id == jax_streamer.model_id
+    got = streamer.run(mixture, video, mask)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL, err_msg=type(streamer).__name__)
+    np.testing.assert_array_equal(got[0, list(absent)], 0.0)
+
+  # The same state: names, shapes and dtypes, and values after some steps.
+  reference = jax.eval_shape(functools.partial(step_lib.init_state, config),
+                             jax.ShapeDtypeStruct(mask.shape, bool))
+  spec = {n: (shape, dtype) for n, shape, dtype in torch_stream.state_spec(config, *mask.shape)}
+  assert spec == {n: (a.shape, str(a.dtype)) for n, a in reference.items()}
+  pair = (jax_streamer, onnx_streamer)
+  states, pushed, step = [s.init(mask) for s in pair], 0, onnx_streamer.step_samples
+  for k in range(SAMPLES // step // 2):   # 0.5 s: the caches have rolled over
+    while pushed < onnx_streamer.video_frames_due((k + 1) * step):
+      states = [s.push_video(st, video[:, :, pushed]) for s, st in zip(pair, states)]
+      pushed += 1
+    chunk = mixture[:, k * step:(k + 1) * step]
+    states = [s.push_audio(st, chunk)[0] for s, st in zip(pair, states)]
+  for name in reference:
+    got, want_state = np.asarray(states[1][name]), np.asarray(states[0][name])
+    if name == "phase":   # an angle: pi and -pi are the same phase (-0.0 vs +0.0 imag)
+      got, want_state = np.exp(1j * got), np.exp(1j * want_state)
+    np.testing.assert_allclose(got, want_state, rtol=1e-5, atol=TOL, err_msg=name)
+
+  if num_speakers == 2:
+    # and therefore the offline causal model, `delay` samples later
+    offline, _ = jax.jit(net.apply)({"params": params}, mixture, video, mask)
+    d = onnx_streamer.delay
+    np.testing.assert_allclose(want[..., d:], np.asarray(offline)[..., :-d], rtol=0,
+                               atol=TOL)
+
+
+@pytest.mark.parametrize("mode,min_snr", [("dynamic", 50.0), ("static", 45.0)])
+def test_int8_stream_stays_close(export_dir, mode, min_snr):
+  # SNR against the f32 JAX stream, random weights and inputs: measured 62.6 dB
+  # (dynamic) and 59.6 dB (static QDQ, calibrated on two other random recordings);
+  # the bounds leave > 12 dB of margin. Trained weights need their own measurement.
+  config, _, params = model_and_params(2, True)
+  mixture, video, mask = inputs(2, (), seed=2)
+  want = jax_stream(2, True, 20, (), 2)
+  path = export_dir(2, True, 20, mode)
+  streamer = OnnxStreamer(path)
+  assert streamer.quantize == mode
+  got = streamer.run(mixture, video, mask)
+  assert snr_db(want, got) > min_snr, snr_db(want, got)
+  ops = {n.op_type for n in onnx.load(os.path.join(path, "audio_step.onnx")).graph.node}
+  assert ({"DynamicQuantizeLinear", "MatMulInteger"} & ops if mode == "dynamic"
+          else {"QuantizeLinear", "DequantizeLinear"} <= ops), ops
+  assert "ConvInteger" not in ops and "Conv" in ops  # the STFT stays float
+  # An f32 stream's state is not this model's.
+  f32 = OnnxStreamer(export_dir(2, True, 20))
+  with pytest.raises(ValueError, match="state is from another model"):
+    streamer.push_audio(f32.init(mask), mixture[:, :320])
+
+
+def test_misuse_gets_a_clear_error(export_dir, tmp_path):
+  config, _, params = model_and_params(2, True)
+  path = export_dir(2, True, 20)
+  streamer = OnnxStreamer(path)
+  mixture, video, mask = inputs(2, ())
+  state = streamer.init(mask)
+  with pytest.raises(ValueError, match=r"an audio step is \(B, 320\) samples"):
+    streamer.push_audio(state, mixture[:, :640])
+  with pytest.raises(ValueError, match="one frame of shape"):
+    streamer.push_video(state, video[:, :, :2])
+  with pytest.raises(ValueError, match="pad absent slots and mask them"):
+    streamer.init(np.ones((1, 1), bool))
+  # States of other models: other speaker count (shapes), other weights (model_id).
+  config6, _, params6 = model_and_params(6, False)
+  with pytest.raises(ValueError, match="state is from another model"):
+    streamer.push_audio(Streamer(config6, params6).init(np.ones((1, 6), bool)),
+                        mixture[:, :320])
+  other = jax.tree.map(lambda p: p + 1.0, params)
+  with pytest.raises(ValueError, match="state is from another model"):
+    streamer.push_audio(Streamer(config, other).init(mask), mixture[:, :320])
+  torch_streamer = torch_stream.TorchStreamer(config, other)
+  with pytest.raises(ValueError, match="state is from another model"):
+    torch_streamer.push_audio(state, mixture[:, :320])
+  with pytest.raises(ValueError, match=r"an audio step is \(B, 320\) samples"):
+    torch_streamer.push_audio(torch_streamer.init(mask), mixture[:, :300])
+
+  # Paths that are not a stream export.
+  offline = tmp_path / "offline.onnx"
+  shutil.copy(os.path.join(path, "video_step.onnx"), offline)
+  with pytest.raises(ValueError, match="is a file, not a stream export directory"):
+    OnnxStreamer(offline)
+  with pytest.raises(ValueError, match="not a stream export directory"):
+    OnnxStreamer(tmp_path / "missing")
+  with pytest.raises(ValueError, match="no stream.json"):
+    OnnxStreamer(tmp_path)
+  foreign = tmp_path / "foreign"
+  shutil.copytree(path, foreign)
+  node = onnx.helper.make_node("Identity", ["x"], ["y"])
+  graph = onnx.helper.make_graph(
+      [node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+      [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+  onnx.save(onnx.helper.make_model(graph), str(foreign / "audio_step.onnx"))
+  with pytest.raises(ValueError, match="not a step graph exported by avsep_jax"):
+    OnnxStreamer(foreign)
+  (foreign / "audio_step.onnx").write_bytes(b"not onnx")
+  with pytest.raises(ValueError, match="is not an ONNX model"):
+    OnnxStreamer(foreign)
+
+  # Models and options the export refuses.
+  with pytest.raises(ValueError, match="needs a causal model"):
+    onnx_export.export_stream(variants.model_config("smoke", 2), params, tmp_path / "x")
+  with pytest.raises(ValueError, match="whole number of 10 ms hops"):
+    onnx_export.export_stream(config, params, tmp_path / "x", step_ms=15)
+  with pytest.raises(ValueError, match="needs calibration"):
+    onnx_export.export_stream(config, params, tmp_path / "x", quantize="static")
+  assert not (tmp_path / "x").exists()
+
+
+def test_cli_writes_a_stream_directory(make_checkpoint, tmp_path, capsys):
+  from avsep_jax import separate
+  from avsep_jax.export.__main__ import main
+  config, _ = separate.load_config(None, os.path.join(ROOT, "configs/2spk.py:smoke"))
+  variants.make_causal(config.model, window=20)
+  workdir = make_checkpoint(config, "stream_workdir")
+  out = tmp_path / "stream"
+  assert main(["--checkpoint", workdir, "--format", "stream", "--quantize", "int8",
+               "--step-ms", "40", "--output", str(out)]) == 0
+  streamer = OnnxStreamer(out)
+  assert (streamer.step_samples, streamer.quantize) == (640, "dynamic")
+  mixture, video, mask = inputs(2, (1,))
+  got = streamer.run(mixture[:, :3_200], video, mask)
+  assert got.shape == (1, 2, 3_200) and np.all(np.isfinite(got))
+
+  # The same params under a non-causal config (they fit: causality adds no weight).
+  non_causal = tmp_path / "non_causal.py"
+  non_causal.write_text(
+      "from avsep_jax import separate\n"
+      "def get_config():\n"
+      f"  config, _ = separate.load_config({workdir!r})\n"
+      "  config.model.causal = False\n"
+      "  return config\n")
+  capsys.readouterr()
+  assert main(["--checkpoint", workdir, "--format", "stream", "--config", str(non_causal),
+               "--output", str(tmp_path / "x")]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error:") and "needs a causal model" in err[0]
+  assert not (tmp_path / "x").exists()
