@@ -46,7 +46,7 @@ def export(args):
   from avsep_jax import separate
   from avsep_jax.export import convert
   if args.quantize and args.format not in ("onnx", "stream"):
-    raise ValueError("--quantize int8 applies to --format onnx or stream only")
+    raise ValueError("--quantize int8 applies to --format stream or onnx only")
   loaded = separate.load_model(args.checkpoint, args.which, args.config)
   model_config = loaded.config.model
   if args.format == "stream":
