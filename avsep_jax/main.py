@@ -3,6 +3,10 @@ r"""Trains and evaluates an audio-visual separator.
   python -m avsep_jax.main --config=configs/6spk.py[:lite] [--workdir=DIR] \
       [--config.key=value ...] [--mode=train|evaluate]
 
+Several processes (one per host, or per GPU): add --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I, or let a launcher set them (JAX_* or SLURM variables;
+see avsep_jax/distributed.py, experiments/launch_local.py and docs/scaling.md).
+
 With no dataset given it uses SynthAV `small`, building it first when absent. Without
 --workdir, runs go to workdirs/<config>_<variant>, so running the same command again
 resumes.
@@ -17,6 +21,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from avsep_jax import distributed
 from avsep_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].")
@@ -28,9 +33,15 @@ _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                                 "Which checkpoint --mode=evaluate reads.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
-    "host:port of process 0 for multi-process runs (jax.distributed.initialize).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+    "host:port of process 0 for multi-process runs, or 'auto' (jax detects a TPU pod, "
+    "Open MPI, ...). Default: $JAX_COORDINATOR_ADDRESS, then SLURM's variables.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in the run. Default: $JAX_NUM_PROCESSES, SLURM.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index. Default: $JAX_PROCESS_ID, SLURM.")
+_DISTRIBUTED_TIMEOUT = flags.DEFINE_float(
+    "distributed_timeout_s", 60.0,
+    "Seconds multi-process start-up may take before the run stops with an error.")
 
 
 def default_workdir(config_arg: str) -> str:
@@ -62,9 +73,14 @@ def save_config(config, workdir: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _COORDINATOR.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                               _PROCESS_ID.value)
+  try:
+    cluster = distributed.resolve(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                  _PROCESS_ID.value)
+    if cluster:
+      distributed.initialize(cluster, timeout_s=_DISTRIBUTED_TIMEOUT.value)
+  except distributed.DistributedError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    os._exit(1)  # the other processes may still hold this one in a collective
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   try:

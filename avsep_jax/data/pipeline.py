@@ -163,7 +163,10 @@ def make_dataset(dataset: str, split: str, data_dir: str, config: MixConfig, *,
     seed: fixes every random choice.
     num_examples: a finite, fixed set of mixtures (evaluation); None = endless.
     augment_video: random flip/brightness/contrast/noise per clip (training only).
-    shard_index, shard_count: this process's share of the mixtures (multi-host).
+    shard_index, shard_count: this process's share (multi-host): batch k of shard i is
+      rows [i * batch_size, (i + 1) * batch_size) of global batch k, the batch that one
+      process with `shard_count * batch_size` would read, so any process count trains
+      on the same data.
 
   Returns:
     A grain IterDataset; `iter()` gives an iterator with get_state()/set_state().
@@ -177,11 +180,14 @@ def make_dataset(dataset: str, split: str, data_dir: str, config: MixConfig, *,
     ds = grain.MapDataset.range(len(source)).repeat()
   else:
     ds = grain.MapDataset.range(num_examples)
-  ds = ds[shard_index::shard_count]
+  # Mixed before sharding: random_map seeds each element by its index, which must be
+  # the global one (sharded first, every shard would draw the same mixtures).
   ds = ds.random_map(mixer, seed=seed)
   ds = ds.batch(batch_size, drop_remainder=True)
   if augment_video:
     ds = ds.random_map(_augment_batch, seed=seed + 1)
+  # Whole global batches only, so every process gets as many batches as the others.
+  ds = ds[:len(ds) - len(ds) % shard_count][shard_index::shard_count]
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
 
 
