@@ -1,4 +1,6 @@
-"""ONNX export of the PyTorch mirror, and an onnxruntime runner for the exported file.
+"""ONNX export of the PyTorch mirror, and an onnxruntime runner for the exported file;
+`export_stream` writes a causal model's step graphs (`torch_stream`) for
+`avsep_jax.stream.onnx_engine.OnnxStreamer`.
 
 The export goes through `torch.onnx.export(dynamo=True)` (opset 20) with a dynamic
 batch, mixture length and video frame count; the weights are stored inside the .onnx
