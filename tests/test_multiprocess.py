@@ -75,8 +75,8 @@ def test_two_processes_match_one_survive_a_kill_and_resume(tiny_data_dir, compil
   for step in saved:
     params(two, step)
     data = two / "checkpoints" / str(step) / "data"
-    assert sorted(p.name for p in data.iterdir()) == [
-        "process_0-of-2.json", "process_1-of-2.json"]
+    assert {"process_0-of-2.json", "process_1-of-2.json"} <= {
+        p.name for p in data.iterdir()}
 
   # Same losses as one process with four devices up to the kill ...
   a = losses(one)
