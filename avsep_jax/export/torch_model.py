@@ -79,6 +79,13 @@ def causal_padding(n_fft, win_length, hop_length):
   return n_fft - (n_fft - win_length) // 2 - hop_length
 
 
+def steady_window_sum(n_fft, win_length, hop_length):
+  """(hop,) overlap-added squared window inside a signal (`signal.steady_window_sum`)."""
+  squared = hann_window(n_fft, win_length).astype(np.float64) ** 2
+  squared = np.pad(squared, (0, -len(squared) % hop_length))
+  return squared.reshape(-1, hop_length).sum(axis=0).astype(np.float32)
+
+
 class STFT(nn.Module):
   """STFT as a conv1d: (N, T) -> re, im (N, frames, bins).
 
@@ -136,6 +143,9 @@ class ISTFT(nn.Module):
     y = F.conv_transpose1d(spec, self.basis, stride=self.hop_length)[:, 0]
     ones = torch.ones_like(spec[:1, :1])
     win_sum = F.conv_transpose1d(ones, self.win_sq, stride=self.hop_length)[0, 0]
+    if self.causal:  # the partly covered tail fades instead of amplifying (signal.istft)
+      floor = float(steady_window_sum(self.n_fft, self.win_length, self.hop_length).min())
+      win_sum = torch.clamp(win_sum, min=floor)
     y = y / torch.where(win_sum > _TINY, win_sum, torch.ones_like(win_sum))
     if self.causal:
       start = causal_padding(self.n_fft, self.win_length, self.hop_length)

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from avsep_jax.export import torch_model as tm
+from avsep_jax.stream import driver
 
 _FILL = tm._MASK_FILL
 
@@ -232,13 +233,9 @@ class AudioStep(nn.Module):
     self.register_buffer("synthesis", synthesis, persistent=False)
     # Every sample at or after the stream's start lies under the same window positions:
     # the squared-window normaliser is periodic in the hop (`step._overlap_add`).
-    window = tm.hann_window(n_fft, win).astype(np.float32)
-    norm = np.zeros(hop, np.float64)
-    for start in range(0, win, hop):
-      seg = window[left + start:left + min(start + hop, win)] ** 2
-      norm[:len(seg)] += seg
-    self.register_buffer("norm", torch.tensor(np.tile(norm, self.hops).astype(np.float32)),
-                         persistent=False)
+    # (steady_window_sum's phase counts from the frame's start, ours from the window's.)
+    norm = np.roll(tm.steady_window_sum(n_fft, win, hop), -left)
+    self.register_buffer("norm", torch.tensor(np.tile(norm, self.hops)), persistent=False)
 
     names = lambda stem, n: [f"{stem}_{i}" for i in range(n)]
     self.writes = ("samples", "stft", "phase", *names("cnn", self.num_cnn),
@@ -467,8 +464,7 @@ class TorchStreamer:
 
   def run(self, mixture, video, speaker_mask, on_step=None):
     """Streams a whole recording in arrival order (as `Streamer.run`) -> (B, S, T)."""
-    from avsep_jax.stream.onnx_engine import drive
-    return drive(self, mixture, video, speaker_mask, on_step)
+    return driver.drive(self, mixture, video, speaker_mask, on_step=on_step)[0]
 
   def _check_state(self, state):
     if not isinstance(state, dict) or "speaker_mask" not in state:

@@ -29,6 +29,7 @@ import tqdm
 from absl import logging
 
 from avsep_jax import separate
+from avsep_jax.stream import driver
 from avsep_jax.stream import engine
 from avsep_jax.vision import avio
 from avsep_jax.vision import pipeline
@@ -92,7 +93,7 @@ def run(args):
   padded[0, :len(mixture)] = mixture * gain
   with tqdm.tqdm(total=steps, unit="step", desc="stream", disable=None,
                  dynamic_ncols=True) as bar:
-    out, compute, latency = engine.drive(
+    out, compute, latency = driver.drive(
         streamer, padded, video[None], mask[None], realtime=not args.no_realtime,
         on_step=lambda _: bar.update())
   voices = out[0, :, delay:delay + len(mixture)] / gain

@@ -19,42 +19,11 @@ import os
 
 import numpy as np
 
+from avsep_jax.stream import driver
+
 FORMAT_TAG = "avsep_jax.export.stream/1"
 METADATA = "stream.json"
 GRAPHS = ("video_step", "audio_step")
-
-
-def drive(streamer, mixture, video, speaker_mask, on_step=None):
-  """Streams a whole recording through any streamer as fast as possible, in arrival
-  order (`Streamer.run`): video frame f goes in once the audio reaches f / fps.
-
-  Args:
-    streamer: has init, push_video, push_audio, video_frames_due, step_samples.
-    mixture: (B, T) float32, T a multiple of step_samples.
-    video: (B, S, F, H, W) mouth ROIs.
-    speaker_mask: (B, S) bool.
-    on_step: optional callable(step_index) after each audio step.
-
-  Returns:
-    (B, S, T) float32: the streamed output, `delay` samples behind the input.
-  """
-  step = streamer.step_samples
-  mixture, video = np.asarray(mixture, np.float32), np.asarray(video)
-  if mixture.ndim != 2 or mixture.shape[1] % step:
-    raise ValueError(f"mixture must be (B, T) with T a multiple of {step}, got shape "
-                     f"{mixture.shape}")
-  state = streamer.init(speaker_mask)
-  outputs, pushed = [], 0
-  for k in range(mixture.shape[1] // step):
-    end = (k + 1) * step
-    while pushed < min(streamer.video_frames_due(end), video.shape[2]):
-      state = streamer.push_video(state, video[:, :, pushed])
-      pushed += 1
-    state, out = streamer.push_audio(state, mixture[:, k * step:end])
-    outputs.append(np.asarray(out))
-    if on_step is not None:
-      on_step(k)
-  return np.concatenate(outputs, axis=-1)
 
 
 def read_metadata(path):
@@ -171,7 +140,7 @@ class OnnxStreamer:
 
   def run(self, mixture, video, speaker_mask, on_step=None):
     """Streams a whole recording in arrival order (as `Streamer.run`) -> (B, S, T)."""
-    return drive(self, mixture, video, speaker_mask, on_step)
+    return driver.drive(self, mixture, video, speaker_mask, on_step=on_step)[0]
 
   def _run(self, graph, state, data):
     io = self._io[graph]

@@ -33,13 +33,7 @@ def _compare(cfg, mixture, video, mask, seed=0):
         torch.from_numpy(mixture), torch.from_numpy(video), torch.from_numpy(mask))
   want = np.asarray(want)
   assert got.shape == want.shape
-  # A causal iSTFT's last win - hop samples lie under the edges of a single window and
-  # are divided by its tiny squared tail (values up to ~1e2 from a 0.1 input): there
-  # float32 agrees to a relative 1e-5; a stream never outputs them (its delay).
-  tail = cfg.stft_scales[0][1] - cfg.stft_scales[0][2] if cfg.causal else 0
-  np.testing.assert_allclose(got.numpy()[..., :want.shape[-1] - tail],
-                             want[..., :want.shape[-1] - tail], rtol=0, atol=TOL)
-  np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=TOL)
+  np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=TOL)
   np.testing.assert_allclose(got_aux["activity_logits"].numpy(),
                              np.asarray(aux["activity_logits"]), rtol=0, atol=TOL)
   # Masked slots are silent, real ones are not.
@@ -102,8 +96,7 @@ def test_stft_istft_match_signal(scale, causal):
   back = np.asarray(signal.istft(spec, *scale, length=5_001, causal=causal))
   got = torch_model.ISTFT(*scale, causal=causal)(torch.from_numpy(spec.real.copy()),
                                   torch.from_numpy(spec.imag.copy()), 5_001)
-  # The causal tail is divided by a tiny window sum (see `_compare`): relative there.
-  np.testing.assert_allclose(got.numpy(), back, rtol=1e-4 if causal else 0, atol=1e-5)
+  np.testing.assert_allclose(got.numpy(), back, rtol=0, atol=1e-5)
 
 
 def test_safetensors_round_trip_and_wrong_config(tmp_path):
