@@ -52,7 +52,8 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   # Curriculum, with model.decoder.activity_cue: each training example uses the true
   # activity as its cue with a probability falling linearly from 1 to 0 over this many
   # steps, the lips' estimate otherwise; validation always uses the lips (0: off).
-  config.oracle_cue_steps = 0
+  # Without it the slots stayed symmetric in 650 CPU steps (BENCHMARKS.md).
+  config.oracle_cue_steps = 400
 
   # Mesh axes and how logical parameter/activation axes map onto them.
   config.mesh_shape = (-1, 1, 1)       # -1: all remaining devices

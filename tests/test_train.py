@@ -203,7 +203,8 @@ def test_bad_input_gets_one_clear_line_and_keeps_the_workdir(tiny_data_dir, comp
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("error:") and "eval_examples (1)" in last, last
 
-  out = run(command(tmp_path / "c", tiny_data_dir, "--config.oracle_cue_steps=10"),
+  out = run(command(tmp_path / "c", tiny_data_dir, "--config.oracle_cue_steps=10",
+                    "--config.model.decoder.activity_cue=False"),
             compile_cache, check=False)
   assert out.returncode == 1
   assert "model.decoder.activity_cue=True" in out.stderr.strip().splitlines()[-1]

@@ -47,9 +47,10 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
       alignment="soft_dtw", dtw_gamma=0.1, dtw_band=3, align_dim=64,
       num_layers=2, num_heads=8, mlp_dim=2048))
   # activity_cue: add each slot's per-frame speech activity (the lips' estimate, or a
-  # given cue) to its decoder query.
+  # given cue) to its decoder query; the trainer's oracle-cue curriculum
+  # (`oracle_cue_steps`) is what lets a fresh model leave the symmetric start.
   c.decoder = ml_collections.ConfigDict(dict(num_layers=4, num_heads=8, mlp_dim=2048,
-                                             activity_cue=False))
+                                             activity_cue=True))
 
   if variant == "full":
     c.dtype = "bfloat16"
