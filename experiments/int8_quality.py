@@ -9,7 +9,8 @@ model), ONNX f32, ONNX with dynamic INT8 MatMuls and ONNX with static QDQ INT8 M
 calibrated on the streaming states of `--calibration` validation mixtures; then reports
 SI-SNRi and SDRi (fast_bss_eval, an implementation independent of this project's) of the
 delay-compensated outputs against the clean sources, mean and 95 % interval, the drop
-against f32, and the median compute per 20 ms step.
+against f32, the agreement of each engine's output with JAX f32 (SNR in dB) and the
+median compute per 20 ms step.
 """
 
 import json
@@ -83,9 +84,9 @@ def main(argv):
                                 quantize=quantize,
                                 calibration=calibration if quantize == "static" else None)
       engines[name] = onnx_engine.OnnxStreamer(path, threads=2)
-    base = None
+    base, reference = None, []
     for name, streamer in engines.items():
-      si, sdr, compute = [], [], []
+      si, sdr, compute, agreement = [], [], [], []
       for batch in test:
         step = streamer.step_samples
         mixture = np.asarray(batch["mixture"])
@@ -93,17 +94,23 @@ def main(argv):
         out, c, _ = driver.drive(streamer, mixture, np.asarray(batch["video"]),
                                  np.asarray(batch["speaker_mask"]))
         a, b = improvements(out, batch, streamer.delay)
+        if name == "jax f32":
+          reference.append(out)
+        ref = reference[len(si)]
+        agreement.append(10 * np.log10(np.sum(ref ** 2) / max(np.sum((out - ref) ** 2), 1e-20)))
         si.append(a)
         sdr.append(b)
         compute.append(c[5:])
       row = {"engine": name, "si_snri": summary(si), "sdri": summary(sdr),
-             "compute_ms_p50": 1000 * float(np.median(np.concatenate(compute)))}
+             "compute_ms_p50": 1000 * float(np.median(np.concatenate(compute))),
+             "snr_vs_jax_f32_db": float(np.median(agreement))}
       base = base or row
       row["si_snri_drop"] = base["si_snri"][0] - row["si_snri"][0]
       results["rows"].append(row)
       print(f"{name:18s} SI-SNRi {row['si_snri'][0]:6.2f} ± {row['si_snri'][1]:.2f} dB  "
             f"SDRi {row['sdri'][0]:6.2f} ± {row['sdri'][1]:.2f} dB  "
-            f"drop {row['si_snri_drop']:+.2f} dB  compute p50 {row['compute_ms_p50']:.2f} ms")
+            f"drop {row['si_snri_drop']:+.2f} dB  vs f32 {row['snr_vs_jax_f32_db']:5.1f} dB  "
+            f"compute p50 {row['compute_ms_p50']:.2f} ms")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(results, f, indent=1)

@@ -202,11 +202,15 @@ def video_step(config, params, state, frame):
   b, s, h, w = frame.shape
   x = (frame.astype(jnp.float32) / 255.0 - visual_lib._PIXEL_MEAN) / visual_lib._PIXEL_STD
   frames = jnp.concatenate([state["stem"], x[:, :, None]], axis=2)  # (B, S, kt, H, W)
-  # The causal stem's last output frame reads exactly these kt frames.
-  stem = visual_lib.ConvNormAct(cfg.stem_channels, tuple(cfg.stem_kernel),
-                                strides=(1, 2, 2), causal=True)
-  y = stem.apply({"params": p["stem3d"]}, frames.reshape((b * s,) + frames.shape[2:]
-                                                         + (1,)))[:, -1]
+  # The causal stem's newest output frame reads exactly these kt frames: one 2-D conv
+  # with the frames as channels (`visual.FramesAsChannelsConv3D`), then LN + PReLU.
+  q = p["stem3d"]
+  kernel = jnp.transpose(q["conv"]["kernel"][..., 0, :], (1, 2, 0, 3))  # (kh, kw, kt, C)
+  y = jax.lax.conv_general_dilated(
+      jnp.moveaxis(frames.reshape((b * s,) + frames.shape[2:]), 1, -1), kernel, (2, 2),
+      "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  y = _ln(q["ln"], y)
+  y = jnp.where(y >= 0, y, q["prelu"]["negative_slope"] * y)
   trunk = visual_lib.MobileFaceNet(cfg.trunk_stem_channels,
                                    tuple(map(tuple, cfg.trunk_blocks)),
                                    cfg.trunk_out_channels, cfg.embed_dim)
