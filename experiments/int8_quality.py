@@ -91,7 +91,7 @@ def main(argv):
         step = streamer.step_samples
         mixture = np.asarray(batch["mixture"])
         mixture = mixture[:, :mixture.shape[1] // step * step]
-        out, c, _ = driver.drive(streamer, mixture, np.asarray(batch["video"]),
+        out, c, _, _ = driver.drive(streamer, mixture, np.asarray(batch["video"]),
                                  np.asarray(batch["speaker_mask"]))
         a, b = improvements(out, batch, streamer.delay)
         if name == "jax f32":

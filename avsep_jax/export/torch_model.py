@@ -180,10 +180,10 @@ def _interp_indices(num_out, num_in, scale, offset, device):
 
 
 def held_video_frames(num_audio, num_video, scale, device):
-  """(num_audio,) long: the newest video frame arrived when each causal audio frame
-  completes, min(floor((t + 1) * scale), F - 1) with scale = hop * fps / sr
+  """(num_audio,) long: the newest video frame arrived one hop before each causal audio
+  frame completes, min(floor(t * scale), F - 1) with scale = hop * fps / sr
   (`alignment.video_to_audio_matrix(causal=True)`)."""
-  pos = (torch.arange(num_audio, device=device, dtype=torch.float64) + 1) * scale + 1e-9
+  pos = torch.arange(num_audio, device=device, dtype=torch.float64) * scale + 1e-9
   newest = torch.floor(pos).long()
   return torch.minimum(newest, (num_video - 1) * torch.ones_like(newest))
 

@@ -307,9 +307,9 @@ class AudioStep(nn.Module):
     return enc.transformer.ln_out(x)
 
   def _held(self, state, start):
-    """Newest arrived video frame per new audio frame: (B, S, n, d_v), (B, S, n)."""
+    """Held video frame per new audio frame: (B, S, n, d_v), (B, S, n)."""
     t = start + torch.arange(self.hops)
-    frame = torch.div(t + 1, self.hops_per_video, rounding_mode="floor")
+    frame = torch.div(t, self.hops_per_video, rounding_mode="floor")
     # Index into the two-frame ring; a frame not yet pushed holds the newest one.
     newest = torch.clamp(frame - (state["video_frames"] - 2), 0, 1) == 1
     tokens, activity = state["video_tokens"], state.get("activity")
@@ -457,10 +457,6 @@ class TorchStreamer:
       out = self.audio(*(state[k] for k in self.audio.reads),
                        torch.as_tensor(np.asarray(chunk, np.float32)))
     return {**state, **dict(zip(self.audio.writes, out[1:]))}, out[0]
-
-  def video_frames_due(self, samples_after_step: int) -> int:
-    """How many video frames have arrived once the audio reaches this sample."""
-    return samples_after_step // (self.config.sample_rate // self.config.video_fps) + 1
 
   def run(self, mixture, video, speaker_mask, on_step=None):
     """Streams a whole recording in arrival order (as `Streamer.run`) -> (B, S, T)."""

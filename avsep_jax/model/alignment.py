@@ -47,11 +47,13 @@ def video_to_audio_matrix(num_audio_frames, num_video_frames, *, hop_length,
   [f / fps, (f + 1) / fps) and is taken at its centre.
 
   With `causal` (a stream, causal STFT framing): audio frame t, complete at
-  (t + 1) * hop / sr, holds the newest video frame that has arrived by then, frame f
-  arriving at f / fps: one-hot rows, nothing from the future.
+  (t + 1) * hop / sr, holds the newest video frame that had arrived one hop earlier,
+  at t * hop / sr (frame f arrives at f / fps): one-hot rows, nothing from the future,
+  and a streamer can encode each video frame in the idle time before the audio step
+  that first needs it instead of on that step's critical path.
   """
   if causal:
-    newest = np.floor((np.arange(num_audio_frames) + 1) * hop_length * fps / sample_rate
+    newest = np.floor(np.arange(num_audio_frames) * hop_length * fps / sample_rate
                       + 1e-9).astype(int)
     weights = np.zeros((num_audio_frames, num_video_frames), np.float32)
     weights[np.arange(num_audio_frames), np.minimum(newest, num_video_frames - 1)] = 1.0

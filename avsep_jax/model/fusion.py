@@ -19,8 +19,8 @@ class VideoAligner(nn.Module):
   """Resamples each speaker's video tokens onto the audio frames.
 
   'interpolate' uses fixed linear weights between frame centres; 'hold' gives each
-  audio frame the newest video frame that has arrived when it completes (streaming:
-  nothing from the future; needs a causal STFT's frame times). 'soft_dtw' builds a
+  audio frame the newest video frame that had arrived one hop before it completes
+  (streaming: nothing from the future; needs a causal STFT's frame times). 'soft_dtw' builds a
   cost 1 - cos(P_a a_t, P_v v_f) from learned projections, runs banded soft-DTW per
   speaker, and uses the expected alignment (rows normalised): it absorbs audio-video
   offsets of a few frames that interpolation would bake in.

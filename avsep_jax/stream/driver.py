@@ -6,44 +6,74 @@ import time
 import numpy as np
 
 
+def frames_needed(config, end: int) -> int:
+  """Video frames an audio step whose input ends at sample `end` reads: audio frame t
+  holds frame t // (hops per video frame) (`alignment` 'hold')."""
+  hop = config.stft_scales[0][2]
+  per_video = config.sample_rate // (hop * config.video_fps)
+  return (end // hop - 1) // per_video + 1
+
+
+def frames_arrived(config, samples: int) -> int:
+  """Video frames arrived once the audio has reached sample `samples` (frame f at
+  f / fps seconds)."""
+  return samples // (config.sample_rate // config.video_fps) + 1
+
+
 def drive(streamer, mixture, video, speaker_mask, *, realtime=False, on_step=None):
   """Feeds a recording to a streamer in arrival order, step by step.
 
-  Works with any streamer with `init`, `push_video`, `push_audio`, `video_frames_due`,
-  `step_samples`, `delay` and `config`: `engine.Streamer`, `onnx_engine.OnnxStreamer`,
+  Works with any streamer with `init`, `push_video`, `push_audio`, `step_samples`,
+  `delay` and `config`: `engine.Streamer`, `onnx_engine.OnnxStreamer`,
   `export.torch_stream.TorchStreamer`.
+
+  A video frame is encoded as soon as it has arrived and the previous audio step is
+  done, so it is ready, off the critical path, before the audio step that first needs
+  it (at least one hop later); the ring in the state holds it and the frame in use.
 
   Args:
     mixture: (B, T) float32, T a multiple of step_samples.
     video: (B, S, F, H, W) mouth ROIs; frame f arrives at f / fps seconds.
     speaker_mask: (B, S) bool.
-    realtime: wait for each step's input to be complete on the wall clock (as from a
-      microphone and camera) instead of running as fast as possible.
+    realtime: wait for input to arrive on the wall clock (as from a microphone and
+      camera) instead of running as fast as possible.
     on_step: optional callable(step_index) after each step.
 
   Returns:
     out (B, S, T) float32, `delay` samples behind the input; compute (steps,) seconds
-    per step (video frames included); latency (steps,) seconds from the arrival of the
-    oldest sample a step outputs to that output being ready. Without `realtime` the
-    latency is what real time would give with no backlog: step + delay + compute.
+    of each audio step; latency (steps,) seconds from the arrival of the oldest sample
+    a step outputs to that output being ready; video (frames,) seconds of each video
+    frame's step. Without `realtime` the latency is what real time gives when the
+    video frames fit in the idle time between audio steps: step + delay + compute.
   """
   mixture, video = np.asarray(mixture, np.float32), np.asarray(video)
   step = streamer.step_samples
   if mixture.ndim != 2 or mixture.shape[1] % step:
     raise ValueError(f"mixture must be (B, T) with T a multiple of {step}, got shape "
                      f"{mixture.shape}")
-  rate = streamer.config.sample_rate
+  config, rate = streamer.config, streamer.config.sample_rate
+  per_frame = rate // config.video_fps
   state = streamer.init(speaker_mask)
-  outputs, compute, latency, pushed = [], [], [], 0
+  outputs, compute, latency, video_s, pushed = [], [], [], [], 0
   start = time.perf_counter()
   for k in range(mixture.shape[1] // step):
     end = (k + 1) * step
+    # Frames this step needs, and in real time any that arrive before its input is
+    # complete (one arriving with its last sample waits: this step does not need it).
+    wanted = frames_needed(config, end)
+    if realtime:
+      wanted = max(wanted, min(frames_arrived(config, end - 1), wanted + 1))
+    while pushed < min(wanted, video.shape[2]):
+      if realtime:
+        time.sleep(max(0.0, start + pushed * per_frame / rate - time.perf_counter()))
+      began = time.perf_counter()
+      state = streamer.push_video(state, video[:, :, pushed])
+      _wait(state)
+      video_s.append(time.perf_counter() - began)
+      pushed += 1
     if realtime:  # the step's last sample arrives at `end`
       time.sleep(max(0.0, start + end / rate - time.perf_counter()))
     began = time.perf_counter()
-    while pushed < min(streamer.video_frames_due(end), video.shape[2]):
-      state = streamer.push_video(state, video[:, :, pushed])
-      pushed += 1
     state, out = streamer.push_audio(state, mixture[:, k * step:end])
     outputs.append(np.asarray(out))  # waits for the result
     done = time.perf_counter()
@@ -53,4 +83,12 @@ def drive(streamer, mixture, video, speaker_mask, *, realtime=False, on_step=Non
                    else (step + streamer.delay) / rate + done - began)
     if on_step is not None:
       on_step(k)
-  return np.concatenate(outputs, axis=-1), np.asarray(compute), np.asarray(latency)
+  return (np.concatenate(outputs, axis=-1), np.asarray(compute), np.asarray(latency),
+          np.asarray(video_s))
+
+
+def _wait(state):
+  """Blocks until an asynchronously computed state (JAX) is ready."""
+  for value in state.values():
+    if hasattr(value, "block_until_ready"):
+      value.block_until_ready()

@@ -77,11 +77,6 @@ class Streamer:
           f"{self.config.sample_rate} Hz for this streamer), got {np.shape(chunk)}")
     return self._audio(self.params, state, jnp.asarray(chunk, jnp.float32))
 
-  def video_frames_due(self, samples_after_step: int) -> int:
-    """How many video frames have arrived once the audio reaches this sample."""
-    per_frame = self.config.sample_rate // self.config.video_fps
-    return samples_after_step // per_frame + 1
-
   def run(self, mixture, video, speaker_mask, on_step=None):
     """Streams a whole recording as fast as possible: `driver.drive(self, ...)[0]`."""
     return driver.drive(self, mixture, video, speaker_mask, on_step=on_step)[0]

@@ -141,10 +141,6 @@ class OnnxStreamer:
     waveforms = out.pop("waveforms")
     return {**state, **out}, waveforms
 
-  def video_frames_due(self, samples_after_step: int) -> int:
-    """How many video frames have arrived once the audio reaches this sample."""
-    return samples_after_step // (self.config.sample_rate // self.config.video_fps) + 1
-
   def run(self, mixture, video, speaker_mask, on_step=None):
     """Streams a whole recording in arrival order (as `Streamer.run`) -> (B, S, T)."""
     return driver.drive(self, mixture, video, speaker_mask, on_step=on_step)[0]

@@ -277,11 +277,15 @@ def _audio_tokens(config, params, state, spec, new):
 
 
 def _held(config, state, n):
-  """For each new audio frame, the newest video frame arrived when it completes:
-  (B, S, n, d_v) tokens and (B, S, n) activity logits (`alignment` 'hold')."""
+  """For each new audio frame, the newest video frame that had arrived one hop before
+  it completed: (B, S, n, d_v) tokens and (B, S, n) activity logits ('hold').
+
+  The ring holds the two newest pushed frames: the one these frames need and, when
+  a frame has arrived ahead of the step that needs it, that one too.
+  """
   hop = config.stft_scales[0][2]
   t = state["samples"] // hop + jnp.arange(n)
-  frame = (t + 1) // hops_per_video_frame(config)
+  frame = t // hops_per_video_frame(config)
   # Index into the two-frame ring; a frame not yet pushed holds the newest one
   # (as the offline model holds its last frame past the end of the video).
   slot = jnp.clip(frame - (state["video_frames"] - 2), 0, 1)
@@ -393,8 +397,9 @@ def audio_step(config, params, state, chunk):
 
   Args:
     config: `config.model`; params: the model's params.
-    state: from `init_state` or a previous step; every video frame that has arrived by
-      the end of this chunk must have gone through `video_step` first.
+    state: from `init_state` or a previous step; the video frames this chunk needs
+      (`driver.frames_needed`), and at most one more, must have gone through
+      `video_step` first.
     chunk: (B, n * hop) float32 mixture samples.
 
   Returns:

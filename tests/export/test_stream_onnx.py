@@ -14,6 +14,7 @@ import pytest
 from avsep_jax import model as model_lib
 from avsep_jax.export import convert
 from avsep_jax.export import onnx_export
+from avsep_jax.stream import driver
 from avsep_jax.export import torch_stream
 from avsep_jax.model import variants
 from avsep_jax.stream import Streamer
@@ -122,7 +123,7 @@ def test_onnx_and_torch_streams_equal_the_jax_stream(export_dir, num_speakers, a
   pair = (jax_streamer, onnx_streamer)
   states, pushed, step = [s.init(mask) for s in pair], 0, onnx_streamer.step_samples
   for k in range(SAMPLES // step // 2):   # 0.5 s: the caches have rolled over
-    while pushed < onnx_streamer.video_frames_due((k + 1) * step):
+    while pushed < driver.frames_needed(config, (k + 1) * step):
       states = [s.push_video(st, video[:, :, pushed]) for s, st in zip(pair, states)]
       pushed += 1
     chunk = mixture[:, k * step:(k + 1) * step]
