@@ -193,7 +193,8 @@ def make_dataset(dataset: str, split: str, data_dir: str, config: MixConfig, *,
 
 def _augment_batch(batch, rng: np.random.Generator):
   # On the host CPU: the pipeline must not occupy the accelerator the model trains on.
-  with jax.default_device(jax.devices("cpu")[0]):
+  # This process's own CPU device: jax.devices() lists every process's devices.
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
     key = jax.random.key(int(rng.integers(2**31)))
     video = np.asarray(augment.augment_video(batch["video"], key))
   # Padded slots stay black: augmentation must not turn silence into a face.
