@@ -1,12 +1,18 @@
 """TensorBoard events for a run: scalars, separated audio, mask and spectrogram images.
 
-tensorboardX writes the event files without TensorFlow.
+tensorboardX makes the summaries and writes the event file without TensorFlow. Its
+SummaryWriter hands events to a background thread whose `flush()` does not wait for the
+queue, so a killed process lost its last scalars; events are written here synchronously
+instead, and are in the file when a call returns.
 """
 
 import os
+import time
 
 import numpy as np
-import tensorboardX
+from tensorboardX import event_file_writer
+from tensorboardX import summary as tb_summary
+from tensorboardX.proto import event_pb2
 
 from avsep_jax import signal
 
@@ -22,12 +28,19 @@ class Writer:
   """One events file in `workdir/tensorboard`."""
 
   def __init__(self, workdir):
-    self._writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    logdir = os.path.join(workdir, "tensorboard")
+    os.makedirs(logdir, exist_ok=True)
+    self._writer = event_file_writer.EventsWriter(os.path.join(logdir, "events"))
+
+  def _write(self, step, summaries):
+    for summary in summaries:
+      self._writer.write_event(
+          event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+    self._writer.flush()
 
   def scalars(self, step, values):
-    for name, value in values.items():
-      self._writer.add_scalar(name, float(value), step)
-    self._writer.flush()
+    self._write(step, [tb_summary.scalar(name, float(value))
+                       for name, value in values.items()])
 
   def examples(self, step, batch, separated, masks, *, sample_rate, count=2):
     """Audio and images of the first `count` examples of an evaluation batch.
@@ -37,18 +50,19 @@ class Writer:
       separated: (B, S, T) model output.
       masks: (B, S, frames, bins) main-scale masks.
     """
+    out = []
     for b in range(min(count, separated.shape[0])):
-      mixture = batch["mixture"][b]
-      self._writer.add_audio(f"example{b}/mixture", mixture, step, sample_rate)
+      mixture = np.asarray(batch["mixture"][b])
+      out.append(tb_summary.audio(f"example{b}/mixture", mixture, sample_rate))
       spec = 20 * np.log10(np.abs(np.asarray(signal.stft(mixture))).T + 1e-4)
-      self._writer.add_image(f"example{b}/mixture_spectrogram", _to_image(spec), step,
-                             dataformats="HWC")
+      out.append(tb_summary.image(f"example{b}/mixture_spectrogram", _to_image(spec),
+                                  dataformats="HWC"))
       for s in np.flatnonzero(batch["speaker_mask"][b]):
-        self._writer.add_audio(f"example{b}/speaker{s}_separated", separated[b, s],
-                               step, sample_rate)
-        self._writer.add_image(f"example{b}/speaker{s}_mask", _to_image(masks[b, s].T),
-                               step, dataformats="HWC")
-    self._writer.flush()
+        out.append(tb_summary.audio(f"example{b}/speaker{s}_separated",
+                                    np.asarray(separated[b, s]), sample_rate))
+        out.append(tb_summary.image(f"example{b}/speaker{s}_mask",
+                                    _to_image(masks[b, s].T), dataformats="HWC"))
+    self._write(step, out)
 
   def close(self):
     self._writer.close()
