@@ -47,6 +47,10 @@ EXTRAS_REQUIRE = {
         "ott-jax==0.6.0",
         "tensorboard==2.21.0",      # reads the trainer's event files in tests
         "scikit-image==0.26.0",     # real face photos for the detector tests
+        # colabs/: paired .py <-> .ipynb notebooks, executed headless by the tests.
+        "jupytext==1.19.6",
+        "nbclient==0.11.0",
+        "ipykernel==7.4.0",
     ],
     # Figures made by scripts in experiments/.
     "experiments": ["matplotlib>=3.8"],
