@@ -1,5 +1,7 @@
 """Tests for avsep_jax.data.synthav.tts: audio, phone timelines, determinism."""
 
+import ctypes
+
 import numpy as np
 import pytest
 
@@ -173,6 +175,17 @@ def test_synthesize_many_is_deterministic():
   # synthesize alone gives the same bytes, whatever ran before it.
   assert tts.synthesize(*jobs[2]).audio.tobytes() == (
       runs[0][2].audio.tobytes())
+
+
+def test_synthesis_ignores_the_callers_libc_rand_state():
+  # The Reed variant draws from libc's rand(); a Beam worker's gRPC advances it.
+  voice = tts.Voice("espeak", "en-gb-scotland+Reed", pitch=60, pitch_range=70, rate=180)
+  before = tts.synthesize(GRID, voice, seed=3).audio
+  libc = ctypes.CDLL(None)
+  for _ in range(5):
+    libc.rand()
+  after = tts.synthesize(GRID, voice, seed=3).audio
+  assert before.tobytes() == after.tobytes()
 
 
 def test_voices_differ():

@@ -344,6 +344,11 @@ class _Espeak:
     lib.espeak_SetParameter(_PARAM_PITCH, voice.pitch, 0)
     lib.espeak_SetParameter(_PARAM_RANGE, voice.pitch_range, 0)
     lib.espeak_ng_SetRandSeed(seed)
+    # Some voices (e.g. the +Reed variant) also draw from libc's rand(), which the
+    # call above does not seed, so they would depend on whatever this process's
+    # libraries drew before (gRPC does, in Beam workers). Reset it to the state a
+    # fresh process starts in, as every earlier build had it.
+    _LIBC.srand(1)
     self._chunks.clear()
     self._events.clear()
     encoded = text.encode()
@@ -352,6 +357,10 @@ class _Espeak:
     if status != 0:
       raise RuntimeError(f"espeak_Synth failed with status {status}.")
     return b"".join(self._chunks), list(self._events)
+
+
+# The C library already loaded into this process (for srand).
+_LIBC = ctypes.CDLL(None)
 
 
 @functools.cache
