@@ -136,8 +136,10 @@ def test_build_and_mix_one_batch(corpus, tmp_path):
   manual_dir, data_dir = tmp_path / "manual", tmp_path / "tfds"
   counts, skipped = CORPORA[corpus](manual_dir)
   # One corpus goes through the worker pool; the others run in this process (cheaper).
+  # The Beam path (the corpora's default) is compared with this one in test_beam.py.
   workers = 1 if corpus == "lrs3" else 0
-  builder = corpora.build(corpus, str(manual_dir), str(data_dir), num_workers=workers)
+  builder = corpora.build(corpus, str(manual_dir), str(data_dir), num_workers=workers,
+                          use_beam=False)
   meta = builder.info.metadata
   splits = {k: v.num_examples for k, v in builder.info.splits.items()}
   assert set(splits) == {"train", "validation", "test"}

@@ -17,8 +17,10 @@ from avsep_jax.data.corpora.voxceleb2 import VoxCeleb2
 BUILDERS = {"lrs2": LRS2, "lrs3": LRS3, "voxceleb2": VoxCeleb2}
 
 
-def build(corpus, manual_dir, data_dir, config=None, num_workers=None):
+def build(corpus, manual_dir, data_dir, config=None, num_workers=None, use_beam=None,
+          beam_pipeline_options=None):
   """Builds one corpus (see `common.build`); returns the prepared builder."""
   if corpus not in BUILDERS:
     raise ValueError(f"unknown corpus {corpus!r}; choose from {sorted(BUILDERS)}")
-  return common.build(BUILDERS[corpus], manual_dir, data_dir, config, num_workers)
+  return common.build(BUILDERS[corpus], manual_dir, data_dir, config, num_workers,
+                      use_beam, beam_pipeline_options)

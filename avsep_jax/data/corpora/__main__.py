@@ -1,7 +1,11 @@
 r"""Builds LRS2, LRS3 or VoxCeleb2 from a manual download directory.
 
   python -m avsep_jax.data.corpora --corpus lrs3 --manual_dir DIR --data_dir DIR \
-      [--config main|pretrain] [--num_workers N]
+      [--config main|pretrain] [--num_workers N] [--nobeam] \
+      [--beam_pipeline_options=runner=FlinkRunner,flink_master=HOST:8081,...]
+
+Generation runs on Apache Beam (the DirectRunner with --num_workers processes unless
+--beam_pipeline_options name another runner); --nobeam uses a local worker pool.
 
 Prints where the dataset went, its clips and speakers per split, the clips skipped (no
 face, missing, unreadable) and how long it took. Errors print one `error:` line.
@@ -25,6 +29,11 @@ _CONFIG = flags.DEFINE_string("config", None,
                               "Builder config: main (default) or pretrain (LRS2/LRS3).")
 _WORKERS = flags.DEFINE_integer("num_workers", os.cpu_count() or 2,
                                 "Processes running the face pipeline (0: this one).")
+_BEAM = flags.DEFINE_boolean("beam", True, "Generate through Apache Beam.")
+_BEAM_OPTIONS = flags.DEFINE_string(
+    "beam_pipeline_options", None,
+    "Comma-separated Beam pipeline options, as `tfds build` takes them, e.g. "
+    "runner=DataflowRunner,project=P,region=R,temp_location=gs://B/tmp.")
 
 
 def main(argv):
@@ -33,7 +42,7 @@ def main(argv):
   try:
     builder = corpora.build(_CORPUS.value, os.path.expanduser(_MANUAL_DIR.value),
                             os.path.expanduser(_DATA_DIR.value), _CONFIG.value,
-                            _WORKERS.value)
+                            _WORKERS.value, _BEAM.value, _BEAM_OPTIONS.value)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -1,6 +1,12 @@
 r"""Builds SynthAV offline.
 
   python -m avsep_jax.data.synthav --config=tiny --data_dir=/tmp/tfds
+  python -m avsep_jax.data.synthav --config=large --data_dir=DIR \
+      [--beam_pipeline_options=runner=DataflowRunner,project=P,...]
+
+`large` generates on Apache Beam (the DirectRunner with --num_workers processes unless
+--beam_pipeline_options name another runner), `tiny` and `small` in a local worker
+pool; --beam / --nobeam force either.
 
 Prints where the dataset went, its size on disk and how long it took.
 """
@@ -20,6 +26,14 @@ _DATA_DIR = flags.DEFINE_string("data_dir", os.path.expanduser("~/tensorflow_dat
                                 "TFDS data directory to build into.")
 _WORKERS = flags.DEFINE_integer("num_workers", os.cpu_count() or 2,
                                 "Processes synthesizing and rendering utterances.")
+_BEAM = flags.DEFINE_boolean("beam", None,
+                             "Generate through Apache Beam (default: the config's "
+                             "choice, Beam for large, or Beam when "
+                             "--beam_pipeline_options are given).")
+_BEAM_OPTIONS = flags.DEFINE_string(
+    "beam_pipeline_options", None,
+    "Comma-separated Beam pipeline options, as `tfds build` takes them, e.g. "
+    "runner=DataflowRunner,project=P,region=R,temp_location=gs://B/tmp.")
 
 
 def _du(path):
@@ -33,7 +47,8 @@ def main(argv):
                           str(builder_lib.SynthAV.VERSION), "dataset_info.json")
   reused = os.path.isfile(prepared)
   start = time.perf_counter()
-  builder = builder_lib.build(_CONFIG.value, _DATA_DIR.value, _WORKERS.value)
+  builder = builder_lib.build(_CONFIG.value, _DATA_DIR.value, _WORKERS.value,
+                              _BEAM.value, _BEAM_OPTIONS.value)
   seconds = time.perf_counter() - start
   counts = {k: v.num_examples for k, v in builder.info.splits.items()}
   print(f"SynthAV {_CONFIG.value}: {builder.data_dir}")

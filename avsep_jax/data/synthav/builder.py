@@ -8,21 +8,21 @@ video was rendered with. Splits have disjoint voices.
 Generation is deterministic: every utterance's text, voice, appearance and offsets come
 from a seed derived from (config seed, split, speaker, utterance), and `tts.synthesize`
 runs each utterance in a freshly forked process (eSpeak keeps state between calls).
+`keyed_example` makes one example; a local worker pool runs it for `tiny` and `small`,
+Apache Beam for `large` (see `avsep_jax.data.generation`), with identical records.
 """
 
 import dataclasses
+import functools
 import hashlib
 import multiprocessing
 import os
 
-import contextlib
-
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core import example_serializer
-from tensorflow_datasets.core import split_builder
 import tqdm
 
+from avsep_jax.data import generation
 from avsep_jax.data.synthav import render
 from avsep_jax.data.synthav import text as text_lib
 from avsep_jax.data.synthav import tts
@@ -46,28 +46,30 @@ class SynthAVConfig(tfds.core.BuilderConfig):
     speakers: number of distinct speakers per split.
     utterances_per_speaker: utterances each speaker says, per split.
     seed: the root of every random choice.
+    beam: generate through Apache Beam unless the builder is told otherwise.
   """
 
   speakers: dict = dataclasses.field(default_factory=dict)
   utterances_per_speaker: dict = dataclasses.field(default_factory=dict)
   seed: int = 0
+  beam: bool = False
 
 
-def _config(name, description, speakers, utterances):
+def make_config(name, description, speakers, utterances, beam=False):
   """Sizes per split, in the order train, validation, test, test_flite."""
   splits = SPLITS + (FLITE_SPLIT,)
   return SynthAVConfig(
       name=name, description=description,
       speakers=dict(zip(splits, speakers)),
-      utterances_per_speaker=dict(zip(splits, utterances)))
+      utterances_per_speaker=dict(zip(splits, utterances)), beam=beam)
 
 
 BUILDER_CONFIGS = [
-    _config("tiny", "Tests: a minute to make.", (8, 6, 6, 3), (4, 2, 2, 2)),
-    _config("small", "Default for main.py: ~3k utterances, minutes on 2 cores.",
-            (64, 12, 12, 12), (40, 20, 20, 20)),
-    _config("large", "GPU training: ~38k utterances.", (400, 40, 40, 12),
-            (90, 30, 30, 30)),
+    make_config("tiny", "Tests: a minute to make.", (8, 6, 6, 3), (4, 2, 2, 2)),
+    make_config("small", "Default for main.py: ~3k utterances, minutes on 2 cores.",
+                (64, 12, 12, 12), (40, 20, 20, 20)),
+    make_config("large", "GPU training: ~38k utterances, generated on Apache Beam.",
+                (400, 40, 40, 12), (90, 30, 30, 30), beam=True),
 ]
 
 
@@ -83,7 +85,9 @@ def speaker_seed(speaker_id):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Job:
+class Job:
+  """One utterance to make: where it sits in the split, who says it, its seed."""
+
   split: str
   speaker_index: int
   utterance_index: int
@@ -91,7 +95,25 @@ class _Job:
   seed: int
 
 
-def make_example(job: _Job) -> dict:
+def speaker_jobs(speaker, *, split, utterances, root_seed):
+  """The `utterances` jobs of one (speaker index, voice) of `split`, in order."""
+  speaker_index, voice = speaker
+  return [Job(split, speaker_index, u, voice,
+              utterance_seed(root_seed, split, speaker_index, u))
+          for u in range(utterances)]
+
+
+def example_key(job: Job) -> str:
+  """'<speaker index>_<utterance index>', zero-padded: unique within a split."""
+  return f"{job.speaker_index:05d}_{job.utterance_index:04d}"
+
+
+def keyed_example(job: Job):
+  """(key, example) of one job: the per-example function of both generation paths."""
+  return example_key(job), make_example(job)
+
+
+def make_example(job: Job) -> dict:
   """Synthesizes and renders one utterance: the feature dict of one example."""
   rng = np.random.default_rng(job.seed)
   sentence = text_lib.sentence(rng)
@@ -119,22 +141,19 @@ def make_example(job: _Job) -> dict:
   }
 
 
-class SynthAV(tfds.core.GeneratorBasedBuilder):
+class SynthAV(generation.BeamOptionalBuilder):
   """SynthAV: eSpeak NG speech with mouth video rendered from the phone timeline.
 
   Splits: train / validation / test (disjoint eSpeak voice families), plus test_flite
   (flite's slt, rms and awb voices) where the `flite` command is installed.
+  `num_workers` processes generate examples on the plain path (`use_beam`: see
+  `avsep_jax.data.generation`); the bytes depend on neither.
   """
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
   BUILDER_CONFIGS = BUILDER_CONFIGS
   DEFAULT_CONFIG_NAME = "small"
-
-  def __init__(self, *, num_workers: int = 2, **kwargs):
-    """`num_workers` processes generate examples; the bytes do not depend on it."""
-    super().__init__(**kwargs)
-    self.num_workers = num_workers
 
   def _info(self):
     return tfds.core.DatasetInfo(
@@ -169,47 +188,41 @@ class SynthAV(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(split) for split in splits}
 
   def _generate_examples(self, split):
+    """(key, example) pairs of `split`: a generator, or a Beam transform (`uses_beam`)."""
     cfg = self.builder_config
-    speakers = voices.speakers(split, cfg.speakers[split], cfg.seed)
-    jobs = [
-        _Job(split, s, u, voice, utterance_seed(cfg.seed, split, s, u))
-        for s, voice in enumerate(speakers)
-        for u in range(cfg.utterances_per_speaker[split])
-    ]
+    speakers = list(enumerate(voices.speakers(split, cfg.speakers[split], cfg.seed)))
+    expand = functools.partial(speaker_jobs, split=split,
+                               utterances=cfg.utterances_per_speaker[split],
+                               root_seed=cfg.seed)
+    if self.uses_beam:
+      # Imported here: Beam is an optional extra, needed only on this path.
+      from avsep_jax.data import beam as beam_lib  # pylint: disable=import-outside-toplevel
+      return beam_lib.ExpandAndMap(speakers, expand, keyed_example)  # pylint: disable=no-value-for-parameter
+    return self._generate_locally(split, [job for s in speakers for job in expand(s)])
+
+  def _generate_locally(self, split, jobs):
     # Spawned, not forked, workers: the caller may hold JAX's threads, which a fork
     # would copy mid-flight; the workers themselves never import JAX.
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(self.num_workers) as pool:
-      examples = pool.imap(make_example, jobs)
-      for job, example in tqdm.tqdm(zip(jobs, examples), total=len(jobs),
-                                    desc=f"SynthAV {cfg.name}/{split}", unit="utt"):
-        yield f"{job.speaker_index:05d}_{job.utterance_index:04d}", example
+      yield from tqdm.tqdm(pool.imap(keyed_example, jobs), total=len(jobs),
+                           desc=f"SynthAV {self.builder_config.name}/{split}", unit="utt")
 
 
-class _SortedKeySerializer(example_serializer.ExampleSerializer):
-  """tf.train.Example with its feature map serialized in sorted key order.
-
-  Protobuf writes map entries in hash-table order, which differs between processes:
-  the same examples would give different bytes on every build.
-  """
-
-  def serialize_example(self, example):
-    return self.get_tf_example(example).SerializeToString(deterministic=True)
-
-
-@contextlib.contextmanager
-def _deterministic_serialization():
-  """Makes TFDS's split writer use `_SortedKeySerializer` for the duration."""
-  original = split_builder.example_serializer.ExampleSerializer
-  split_builder.example_serializer.ExampleSerializer = _SortedKeySerializer
-  try:
-    yield
-  finally:
-    split_builder.example_serializer.ExampleSerializer = original
-
-
-def build(config_name: str, data_dir: str, num_workers: int | None = None):
+def build(config_name: str, data_dir: str, num_workers: int | None = None,
+          use_beam: bool | None = None, beam_pipeline_options: str | None = None):
   """Builds (or finds already built) SynthAV `config_name` under `data_dir`.
+
+  Args:
+    config_name: 'tiny', 'small' or 'large'.
+    data_dir: the TFDS data directory.
+    num_workers: processes making utterances (default: one per CPU), in a pool or as
+      the local Beam DirectRunner's workers.
+    use_beam: force Beam (True) or the worker pool (False); None: the config's
+      default (Beam for `large`), or Beam whenever `beam_pipeline_options` are given.
+    beam_pipeline_options: 'key=value,...' Beam options as `tfds build` takes them,
+      e.g. 'runner=DataflowRunner,project=P,region=R,temp_location=gs://B/tmp'
+      (default: DirectRunner with `num_workers` processes).
 
   Returns:
     The prepared builder; `builder.data_dir` is where the files are.
@@ -217,8 +230,14 @@ def build(config_name: str, data_dir: str, num_workers: int | None = None):
   names = [c.name for c in BUILDER_CONFIGS]
   if config_name not in names:
     raise ValueError(f"unknown SynthAV config {config_name!r}; choose from {names}")
+  num_workers = num_workers or os.cpu_count() or 2
+  if use_beam is None and beam_pipeline_options:
+    use_beam = True
   builder = SynthAV(config=config_name, data_dir=data_dir, file_format="array_record",
-                    num_workers=num_workers or os.cpu_count() or 2)
-  with _deterministic_serialization():
-    builder.download_and_prepare()
+                    num_workers=num_workers, use_beam=use_beam)
+  download_config = None
+  if builder.uses_beam:
+    from avsep_jax.data import beam as beam_lib  # pylint: disable=import-outside-toplevel
+    download_config = beam_lib.download_config(beam_pipeline_options, num_workers)
+  builder.download_and_prepare(download_config=download_config)
   return builder
