@@ -23,6 +23,7 @@ INPUT_NAMES = ("mixture", "video", "speaker_mask")
 OUTPUT_NAMES = ("waveforms",)
 FORMAT_TAG = "avsep_jax.export.onnx/1"
 OPSET = 20
+QUANTIZE_MODES = ("dynamic", "static")
 # Export-time example: 0.4 s, within the dynamic ranges below.
 _EXAMPLE_SAMPLES = 6_400
 
@@ -132,26 +133,59 @@ class OnnxSeparator:
                                    "speaker_mask": speaker_mask})[0]
 
 
-def quantize_int8(src, dst):
-  """Dynamic INT8 quantization of the weight matmuls (the STFT convs stay float).
+def quantize_int8(src, dst, mode="dynamic", calibration=None):
+  """INT8 weight matmuls of an exported model (the STFT convs stay float).
 
   MatMul only: quantizing the STFT/iSTFT convolutions costs far more accuracy than it
   saves time (see the serving notes). Keeps the metadata of `src`.
+
+  Args:
+    src, dst: f32 export (`export_onnx`) and where the INT8 model goes.
+    mode: 'dynamic' (INT8 weights, activations quantized at run time) or 'static'
+      (QDQ INT8 MatMuls, activation ranges calibrated on `calibration`).
+    calibration: for 'static': a list of (mixture (B, T) float32, video (B, S, F, H, W)
+      uint8, speaker_mask (B, S) bool) inputs the f32 model is run on.
   """
   import onnx
-  from onnxruntime.quantization import QuantType, quantize_dynamic
   config = read_config(src)
-  quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"],
-                   per_channel=True, weight_type=QuantType.QInt8)
+  feeds = None
+  if mode == "static":
+    if not calibration:
+      raise ValueError("static INT8 needs calibration inputs (a list of "
+                       "(mixture, video, speaker_mask))")
+    feeds = [dict(zip(INPUT_NAMES, (np.asarray(m, np.float32), np.asarray(v, np.uint8),
+                                    np.asarray(k, bool))))
+             for m, v, k in calibration]
+  elif mode != "dynamic":
+    raise ValueError(f"quantize mode must be one of {QUANTIZE_MODES}, got {mode!r}")
+  _quantize_graph(str(src), str(dst), mode, feeds)
   proto = onnx.load(str(dst))
   _set_metadata(proto, config)
   onnx.save(proto, str(dst))
   return dst
 
 
+def calibration_mixtures(config, count, data_dir=None):
+  """Calibration inputs for static INT8: `count` validation mixtures of a run's dataset
+  (`config`: the run's config) with its speaker counts and length, each (mixture (1, T),
+  video (1, S, F, H, W), speaker_mask (1, S))."""
+  from avsep_jax.data import pipeline
+  data_dir = data_dir or config.get("data_dir")
+  mix = pipeline.MixConfig(min_speakers=config.min_speakers,
+                           max_speakers=config.max_speakers,
+                           slots=config.model.num_speakers,
+                           segment_seconds=config.segment_seconds,
+                           gain_db=tuple(config.gain_db))
+  try:
+    ds = pipeline.make_dataset(config.dataset, "validation", data_dir, mix, batch_size=1,
+                               seed=config.seed + 1, num_examples=count)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"no calibration data: {e} (give --data_dir)") from e
+  return [(b["mixture"], b["video"], b["speaker_mask"]) for b in ds]
+
+
 # -------------------------------------------------------------------------- streaming
 
-QUANTIZE_MODES = ("dynamic", "static")
 _MAX_CALIBRATION_FEEDS = 256
 
 
@@ -236,7 +270,7 @@ def export_stream(model_config, params, directory, *, step_ms=20.0, quantize=Non
     feeds = (_record_feeds(directory, calibration) if quantize == "static" else None)
     for graph in steps:
       path = os.path.join(directory, f"{graph}.onnx")
-      _quantize_graph(path, quantize, feeds and feeds[graph])
+      _quantize_graph(path, path, quantize, feeds and feeds[graph])
       _set_stream_metadata(path, model_id)
     with open(os.path.join(directory, onnx_engine.METADATA), "w") as f:
       json.dump(meta, f, indent=1)
@@ -287,13 +321,14 @@ def _record_feeds(directory, recordings):
   return out
 
 
-def _quantize_graph(path, mode, feeds=None):
-  """INT8 MatMuls of one step graph, in place (the STFT convs stay float)."""
+def _quantize_graph(src, dst, mode, feeds=None):
+  """INT8 MatMuls of graph `src` written to `dst` (may be `src`); the STFT convs stay
+  float. `feeds`: the calibration inputs for 'static' (a list of {input: array})."""
   from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                         quantize_dynamic, quantize_static)
-  tmp = path + ".int8"
+  tmp = dst + ".int8"
   if mode == "dynamic":
-    quantize_dynamic(path, tmp, op_types_to_quantize=["MatMul"], per_channel=True,
+    quantize_dynamic(src, tmp, op_types_to_quantize=["MatMul"], per_channel=True,
                      weight_type=QuantType.QInt8)
   else:
     class Reader(CalibrationDataReader):
@@ -303,7 +338,7 @@ def _quantize_graph(path, mode, feeds=None):
       def get_next(self):
         return next(self.it, None)
 
-    quantize_static(path, tmp, Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(src, tmp, Reader(), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=["MatMul"], per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-  os.replace(tmp, path)
+  os.replace(tmp, dst)

@@ -1,5 +1,6 @@
 """`python -m avsep_jax.export` on an untrained smoke checkpoint."""
 
+import json
 import os
 import subprocess
 import sys
@@ -50,3 +51,46 @@ def test_torch_export_and_bad_checkpoints(checkpoint, tmp_path):
     assert result.returncode == 1
     assert message in result.stderr.strip().splitlines()[-1], result.stderr
     assert not (tmp_path / "x.out").exists()
+
+
+def test_static_int8_onnx_calibrated_on_validation_mixtures(make_checkpoint,
+                                                            tiny_data_dir, tmp_path,
+                                                            capsys):
+  import onnx
+  from avsep_jax import separate
+  from avsep_jax.export import onnx_export
+  from avsep_jax.export.__main__ import main
+  config, _ = separate.load_config(None, os.path.join(ROOT, "configs/2spk.py:smoke"))
+  config.model.fusion.alignment = "interpolate"  # ONNX needs it (soft-DTW is unrolled)
+  checkpoint = make_checkpoint(config, "onnx_workdir")
+  i8 = tmp_path / "int8.onnx"
+  assert main(["--checkpoint", checkpoint, "--format", "onnx", "--quantize", "int8",
+               "--calibration", "2", "--data_dir", tiny_data_dir,
+               "--output", str(i8)]) == 0
+  assert "int8 static" in capsys.readouterr().out
+  ops = {n.op_type for n in onnx.load(str(i8)).graph.node}
+  assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "MatMulInteger" not in ops
+  assert "ConvInteger" not in ops and "Conv" in ops  # the STFT stays float
+  assert json.loads(onnx_export.read_config(i8).to_json()) == json.loads(
+      config.model.to_json())
+
+  [(mixture, video, mask)] = onnx_export.calibration_mixtures(config, 1, tiny_data_dir)
+  assert mixture.shape == (1, round(config.segment_seconds * 16_000))
+  mirror = convert.build_mirror(config.model, separate.load_model(checkpoint).params)
+  with torch.no_grad():
+    want = mirror(*(torch.from_numpy(np.asarray(a)) for a in (mixture, video, mask)))
+  want = want.numpy()
+  got = onnx_export.OnnxSeparator(i8)(mixture, video, mask)
+  # Untrained weights on a real mixture; a scale or calibration bug gives < 10 dB.
+  snr = 10 * np.log10(np.sum(want ** 2) / np.sum((got - want) ** 2))
+  assert snr > 30, snr
+
+  capsys.readouterr()
+  assert main(["--checkpoint", checkpoint, "--format", "onnx", "--calibration", "2",
+               "--output", str(tmp_path / "x.onnx")]) == 1
+  assert "goes with --quantize int8" in capsys.readouterr().err
+  assert main(["--checkpoint", checkpoint, "--format", "onnx", "--quantize", "int8",
+               "--calibration", "2", "--data_dir", str(tmp_path / "none"),
+               "--output", str(tmp_path / "x.onnx")]) == 1
+  assert "no calibration data" in capsys.readouterr().err
+  assert not (tmp_path / "x.onnx").exists()
