@@ -463,19 +463,8 @@ class TorchStreamer:
     return driver.drive(self, mixture, video, speaker_mask, on_step=on_step)[0]
 
   def _check_state(self, state):
-    if not isinstance(state, dict) or "speaker_mask" not in state:
-      raise ValueError("state must be the dict from TorchStreamer.init or a previous step")
-    b, s = tuple(state["speaker_mask"].shape)
-    want = {name: shape for name, shape, _ in state_spec(self.config, b, s)}
-    want["model_id"] = ()
-    if set(state) != set(want):
-      raise ValueError(f"state is from another model: keys differ "
-                       f"({sorted(set(state) ^ set(want))[:4]})")
-    for key, shape in want.items():
-      if tuple(state[key].shape) != shape:
-        raise ValueError(f"state is from another model: {key} has shape "
-                         f"{tuple(state[key].shape)}, this model's is {shape}")
-    if int(state["model_id"]) != self.model_id:
-      raise ValueError("state is from another model (its model_id differs: other "
-                       "weights or config)")
-    return b, s
+    return driver.check_state(state, self._state_shapes, self.model_id, "TorchStreamer")
+
+  def _state_shapes(self, b, s):
+    return {name: shape for name, shape, _ in state_spec(self.config, b, s)} | {
+        "model_id": ()}

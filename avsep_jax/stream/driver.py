@@ -1,5 +1,6 @@
 """Feeding a recording to any streamer in arrival order (JAX, ONNX or PyTorch), with
-per-step timing. NumPy only, so the serving engines need no JAX."""
+per-step timing, and the state check every streamer makes. NumPy only, so the serving
+engines need no JAX."""
 
 import time
 
@@ -18,6 +19,34 @@ def frames_arrived(config, samples: int) -> int:
   """Video frames arrived once the audio has reached sample `samples` (frame f at
   f / fps seconds)."""
   return samples // (config.sample_rate // config.video_fps) + 1
+
+
+def check_state(state, shapes, model_id, owner):
+  """(B, S) of a stream state if it is one of this model's; else ValueError naming what
+  differs, so a state passed to the wrong streamer fails before any step runs.
+
+  Args:
+    state: {name: array} from `owner`'s `init` or a previous step.
+    shapes: {name: shape} this model's state has for that (B, S), `model_id` included;
+      a callable (B, S) -> such a dict.
+    model_id: this model's fingerprint (config and weights; the export's quantization).
+    owner: the streamer class name, for the message.
+  """
+  if not isinstance(state, dict) or "speaker_mask" not in state:
+    raise ValueError(f"state must be the dict from {owner}.init or a previous step")
+  b, s = np.shape(state["speaker_mask"])
+  want = shapes(b, s)
+  if set(state) != set(want):
+    raise ValueError(f"state is from another model: keys differ "
+                     f"({sorted(set(state) ^ set(want))[:4]})")
+  for key, shape in want.items():
+    if tuple(np.shape(state[key])) != tuple(shape):
+      raise ValueError(f"state is from another model: {key} has shape "
+                       f"{tuple(np.shape(state[key]))}, this model's is {tuple(shape)}")
+  if int(state["model_id"]) != model_id:
+    raise ValueError("state is from another model (its model_id differs: other weights, "
+                     "config or quantization)")
+  return b, s
 
 
 def drive(streamer, mixture, video, speaker_mask, *, realtime=False, on_step=None):

@@ -83,25 +83,15 @@ class Streamer:
 
   def _check_state(self, state):
     """(B, S) of a state made by this streamer; ValueError naming what differs."""
-    if not isinstance(state, dict) or "speaker_mask" not in state:
-      raise ValueError("state must be the dict from Streamer.init or a previous step")
-    b, s = np.shape(state["speaker_mask"])
+    return driver.check_state(state, self._state_shapes, self.model_id, "Streamer")
+
+  def _state_shapes(self, b, s):
     if (b, s) not in self._template:
       template = jax.eval_shape(functools.partial(step_lib.init_state, self.config),
                                 jax.ShapeDtypeStruct((b, s), bool))
-      self._template[(b, s)] = {**template, "model_id": jax.ShapeDtypeStruct((), jnp.int32)}
-    template = self._template[(b, s)]
-    if set(state) != set(template):
-      raise ValueError(f"state is from another model: keys differ "
-                       f"({sorted(set(state) ^ set(template))[:4]})")
-    for key, ref in template.items():
-      if np.shape(state[key]) != ref.shape:
-        raise ValueError(f"state is from another model: {key} has shape "
-                         f"{np.shape(state[key])}, this model's is {ref.shape}")
-    if int(state["model_id"]) != self.model_id:
-      raise ValueError("state is from another model (its model_id differs: other "
-                       "weights or config)")
-    return b, s
+      self._template[(b, s)] = {k: v.shape for k, v in template.items()} | {
+          "model_id": ()}
+    return self._template[(b, s)]
 
 
 def _model_id(config, params) -> int:

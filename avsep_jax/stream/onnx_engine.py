@@ -153,17 +153,8 @@ class OnnxStreamer:
     return dict(zip(io["outputs"], results))
 
   def _check_state(self, state):
-    if not isinstance(state, dict) or "speaker_mask" not in state:
-      raise ValueError("state must be the dict from OnnxStreamer.init or a previous step")
-    want = {name: shape for name, shape, _ in self.state_spec}
-    want["model_id"] = ()
-    if set(state) != set(want):
-      raise ValueError(f"state is from another model: keys differ "
-                       f"({sorted(set(state) ^ set(want))[:4]})")
-    for key, shape in want.items():
-      if np.shape(state[key]) != shape:
-        raise ValueError(f"state is from another model: {key} has shape "
-                         f"{np.shape(state[key])}, this model's is {shape}")
-    if int(state["model_id"]) != self.model_id:
-      raise ValueError("state is from another model (its model_id differs: other "
-                       "weights, config or quantization)")
+    return driver.check_state(state, self._state_shapes, self.model_id, "OnnxStreamer")
+
+  def _state_shapes(self, b, s):
+    del b, s  # the graphs are exported for one batch and slot count
+    return {name: shape for name, shape, _ in self.state_spec} | {"model_id": ()}
