@@ -3,6 +3,7 @@ r"""Six speaker slots (2..6 real speakers per mixture), the design record's sett
   python -m avsep_jax.main --config=configs/6spk.py            # full (ADR dims)
   python -m avsep_jax.main --config=configs/6spk.py:lite       # CPU-sized
   python -m avsep_jax.main --config=configs/6spk.py:stream     # lite, causal (streaming)
+  python -m avsep_jax.main --config=configs/6spk.py:audio_only # lite, no video (baseline)
   python -m avsep_jax.main --config=configs/6spk.py:smoke      # tests
 """
 
@@ -70,9 +71,15 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
       ("norm", None),
   )
 
-  if variant in ("lite", "stream"):
+  if variant in ("lite", "stream", "audio_only"):
     config.batch_size = 4              # fits a 24 GiB CPU machine with 6 speakers x 3 s
     config.total_steps = 50_000
+    if variant == "audio_only":
+      # Nothing ties a voice to a slot: the loss takes the best assignment, and there
+      # are no lips for the activity loss or cue.
+      config.pit_weight = 1.0
+      config.activity_loss_weight = 0.0
+      config.oracle_cue_steps = 0
   elif variant == "smoke":
     config.dataset = "synthav/tiny"
     config.segment_seconds = 1.0

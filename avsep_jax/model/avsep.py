@@ -123,7 +123,9 @@ class AVSeparator(nn.Module):
           the output);
         alignment: (B, S, T_audio, F) video-to-audio alignment weights;
         audio_tokens: (B, T_audio, d), speaker_tokens: (B, S, T_audio, d) (fused);
-        activity_logits: (B, S, F) per-video-frame speech activity of each slot.
+        activity_logits: (B, S, F) per-video-frame speech activity of each slot;
+        alignment and activity_logits only when the model reads the video
+        (`config.use_video`; False is the audio-only baseline, which ignores `video`).
     """
     cfg = self.config
     check_inputs(cfg, mixture, video, speaker_mask, sample_rate)
@@ -146,6 +148,43 @@ class AVSeparator(nn.Module):
     specs = [signal.stft(mixture, *scale, causal=cfg.causal) for scale in scales]
 
     audio = audio_lib.AudioEncoder(cfg.audio, opts, name="audio_encoder")(specs[0])
+    aux = {}
+    if cfg.get("use_video", True):
+      audio, streams, aux = self._fuse_video(audio, video, speaker_mask, window, opts,
+                                             main_hop, activity_cue, oracle_share)
+    else:
+      # Audio-only baseline: the slots differ only by a learned embedding each, so which
+      # voice lands in which slot is arbitrary and training needs PIT (`pit_weight`).
+      if cfg.decoder.get("activity_cue"):
+        raise ValueError("use_video=False needs decoder.activity_cue=False: there are no "
+                         "lips to read a slot's activity from")
+      slots = self.param("slot_embedding", nn.with_logical_partitioning(
+          nn.initializers.normal(1.0), (None, layers.EMBED)),
+          (cfg.num_speakers, audio.shape[-1]), opts.param_dtype)
+      b, t, d = audio.shape
+      s = speaker_mask.shape[1]
+      streams = jnp.broadcast_to(slots[None, :s, None].astype(audio.dtype), (b, s, t, d))
+    masks = decoder_lib.SeparationDecoder(cfg.decoder, scales, opts, name="decoder")(
+        streams, audio, speaker_mask, [spec.shape[1] for spec in specs])
+
+    keep = speaker_mask[:, :, None].astype(jnp.float32)
+    scale_waves = jnp.stack([
+        self._reconstruct(spec, mask, scale, num_samples) * keep
+        for spec, mask, scale in zip(specs, masks, scales)], axis=1)
+    aux.update({
+        "masks": {str(scale[0]): m for scale, m in zip(scales, masks)},
+        "scale_waveforms": scale_waves,
+        "audio_tokens": audio,
+        "speaker_tokens": streams,
+    })
+    return scale_waves.mean(axis=1), aux
+
+  @nn.nowrap
+  def _fuse_video(self, audio, video, speaker_mask, window, opts, main_hop, activity_cue,
+                  oracle_share):
+    """Visual encoder, lip-activity head and fusion: audio (B, T, d) -> fused audio
+    (B, T, d), per-slot streams (B, S, T, d) and aux {alignment, activity_logits}."""
+    cfg = self.config
     frames_per_video = cfg.sample_rate / cfg.video_fps / main_hop
     video_opts = dataclasses.replace(
         opts, window=_window_in_video_frames(window, frames_per_video))
@@ -166,22 +205,7 @@ class AVSeparator(nn.Module):
         cue = share * activity_cue + (1.0 - share) * cue
       streams = streams + self._activity_cue(
           cue, streams.shape, main_hop, opts).astype(streams.dtype)
-    masks = decoder_lib.SeparationDecoder(cfg.decoder, scales, opts, name="decoder")(
-        streams, audio, speaker_mask, [spec.shape[1] for spec in specs])
-
-    keep = speaker_mask[:, :, None].astype(jnp.float32)
-    scale_waves = jnp.stack([
-        self._reconstruct(spec, mask, scale, num_samples) * keep
-        for spec, mask, scale in zip(specs, masks, scales)], axis=1)
-    aux = {
-        "masks": {str(scale[0]): m for scale, m in zip(scales, masks)},
-        "scale_waveforms": scale_waves,
-        "alignment": weights,
-        "audio_tokens": audio,
-        "speaker_tokens": streams,
-        "activity_logits": activity,
-    }
-    return scale_waves.mean(axis=1), aux
+    return audio, streams, {"alignment": weights, "activity_logits": activity}
 
   @nn.nowrap
   def _activity_cue(self, cue, shape, hop_length, opts):

@@ -1,12 +1,13 @@
 """Model sizes: `full` (the ADR's dimensions), `lite` (CPU training and serving),
-`stream` (lite made causal for real-time streaming: nothing looks ahead) and `smoke`
-(tiny, for tests). `configs/*.py` put one of these under `config.model`."""
+`stream` (lite made causal for real-time streaming: nothing looks ahead),
+`audio_only` (lite without the video: the baseline that measures what the lips add) and
+`smoke` (tiny, for tests). `configs/*.py` put one of these under `config.model`."""
 
 import ml_collections
 
 from avsep_jax import signal
 
-VARIANTS = ("full", "lite", "stream", "smoke")
+VARIANTS = ("full", "lite", "stream", "audio_only", "smoke")
 
 # (n_fft, win_length, hop_length); the first is the token scale (100 frames/s).
 STFT_SCALES = signal.SCALES
@@ -33,6 +34,7 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
   c.attention_impl = "xla"       # or "cudnn", "pallas" (avsep_jax.kernels)
   c.attention_window = ml_collections.config_dict.placeholder(tuple)  # (left, right) frames
   c.causal = False               # streaming: see `model.avsep.check_causal`
+  c.use_video = True             # False: audio-only baseline (`make_audio_only`)
   c.remat = "none"               # "none" | "full" | "dots"
   c.dropout_rate = 0.1
 
@@ -54,7 +56,7 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
 
   if variant == "full":
     c.dtype = "bfloat16"
-  elif variant in ("lite", "stream"):
+  elif variant in ("lite", "stream", "audio_only"):
     c.audio.update(cnn_channels=(16, 16, 32, 32), d_model=256, num_layers=4,
                    num_heads=4, mlp_dim=1024)
     c.visual.update(stem_channels=16, trunk_stem_channels=32,
@@ -66,6 +68,8 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
     c.decoder.update(num_layers=2, num_heads=4, mlp_dim=1024)
     if variant == "stream":
       make_causal(c)
+    elif variant == "audio_only":
+      make_audio_only(c)
   elif variant == "smoke":
     c.dropout_rate = 0.0
     c.audio.update(cnn_channels=(4, 8), d_model=32, num_layers=1, num_heads=2,
@@ -87,4 +91,14 @@ def make_causal(c: ml_collections.ConfigDict, window: int = 100) -> ml_collectio
   c.stft_scales = (STFT_SCALES[0],)
   c.fusion.alignment = "hold"
   c.audio.positions = c.visual.positions = False
+  return c
+
+
+def make_audio_only(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Turns a model config into the audio-only baseline, in place: no visual encoder or
+  fusion, a learned embedding per slot as the decoder's query, no activity cue. Slot
+  order is then arbitrary: train it with PIT (`pit_weight=1`, as `configs/*:audio_only`
+  do) and compare models by `si_snri_pit`."""
+  c.use_video = False
+  c.decoder.activity_cue = False
   return c
