@@ -11,8 +11,6 @@ Each worker expands them into jobs, which a reshuffle spreads over all workers.
 """
 
 import json
-import multiprocessing
-import threading
 
 try:
   import apache_beam as beam
@@ -55,37 +53,6 @@ def download_config(flags: str | None = None, num_workers: int = 0, **kwargs):
       beam_options=pipeline_options(flags, num_workers), **kwargs)
 
 
-_HELPER = None
-_HELPER_LOCK = threading.Lock()  # a worker may set up DoFns on several threads
-
-
-def _helper():
-  """This process's helper: one spawned process (a fresh interpreter), started once."""
-  global _HELPER  # pylint: disable=global-statement
-  with _HELPER_LOCK:
-    if _HELPER is None:
-      _HELPER = multiprocessing.get_context("spawn").Pool(1)
-  return _HELPER
-
-
-class _CallInHelper(beam.DoFn):
-  """`fn(element)` computed in the worker's helper process.
-
-  SynthAV forks a child per utterance (eSpeak keeps state between calls), and a fork
-  of a Beam worker, which runs gRPC threads, can abort in gRPC's fork handlers. The
-  helper holds no such threads, like the plain path's pool workers.
-  """
-
-  def __init__(self, fn):
-    self._fn = fn
-
-  def setup(self):
-    self._pool = _helper()
-
-  def process(self, element):
-    yield self._pool.apply(self._fn, (element,))
-
-
 @beam.ptransform_fn
 def ExpandAndMap(pbegin, groups, expand, make):  # pylint: disable=invalid-name
   """(key, example) pairs: `make(job)` for every job of `expand(group)`.
@@ -94,14 +61,13 @@ def ExpandAndMap(pbegin, groups, expand, make):  # pylint: disable=invalid-name
     pbegin: the pipeline (TFDS applies the transform to it).
     groups: a short list of picklable work groups (e.g. one per speaker).
     expand: group -> iterable of jobs, run on a worker.
-    make: job -> (key, example), the per-example function of the plain path; it runs
-      in a spawned helper process of the worker, so it may fork.
+    make: job -> (key, example), the per-example function of the plain path.
   """
   return (pbegin
           | "Groups" >> beam.Create(groups, reshuffle=False)
           | "Jobs" >> beam.FlatMap(expand)
           | "Spread" >> beam.Reshuffle()
-          | "Examples" >> beam.ParDo(_CallInHelper(make)))
+          | "Examples" >> beam.Map(make))
 
 
 class PreprocessClips(beam.DoFn):

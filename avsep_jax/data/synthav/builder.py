@@ -7,7 +7,7 @@ video was rendered with. Splits have disjoint voices.
 
 Generation is deterministic: every utterance's text, voice, appearance and offsets come
 from a seed derived from (config seed, split, speaker, utterance), and `tts.synthesize`
-runs each utterance in a freshly forked process (eSpeak keeps state between calls).
+runs each eSpeak utterance in a process of its own (eSpeak keeps state between calls).
 `keyed_example` makes one example; a local worker pool runs it for `tiny` and `small`,
 Apache Beam for `large` (see `avsep_jax.data.generation`), with identical records.
 """

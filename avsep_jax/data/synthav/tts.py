@@ -1,7 +1,7 @@
 """Speech with a phone timeline, from eSpeak NG (through ctypes) or flite.
 
 eSpeak NG comes as a shared library plus its data in the `espeakng-loader`
-wheel; this module binds the few C functions it needs with ctypes. eSpeak
+wheel; `espeak_process` binds the few C functions it needs with ctypes. eSpeak
 reports a PHONEME event with the output sample at which each phoneme starts, so
 the timeline is sample-accurate. Its ASCII phoneme names ("mnemonics", e.g.
 'aI', '@L') are mapped to lowercase ARPAbet without stress digits, the phone
@@ -12,23 +12,21 @@ different method (slt, rms, awb); their phones come from its `-psdur` output.
 
 Reproducibility: eSpeak keeps state from one synthesis to the next within a
 process (a pitch-flutter index in its wave generator, and a noise RNG seeded
-from the clock), so repeating a text gives audio a few samples different.
-Every eSpeak synthesis therefore runs in a child forked from a process that has
-initialised eSpeak but never synthesised, with the RNG seeded from `seed`; the
-calling process never synthesises. Audio is then byte-identical across calls,
-runs and worker counts.
+from the clock), draws from libc's rand(), and for some texts reads memory it
+never wrote. Every eSpeak synthesis therefore runs in a new interpreter of its
+own (`espeak_process`), with its RNG seeded from `seed`; the calling process
+never synthesises. Audio is then byte-identical across calls, runs, worker
+counts and callers (a worker pool, a Beam worker).
 
 Audio is 16 kHz mono float32 in [-1, 1): eSpeak's 22.05 kHz int16 resampled
-with soxr, flite's 16 kHz int16, divided by 32768. Levels are the engines' own.
+with soxr (in float64), flite's 16 kHz int16, divided by 32768. Levels are the
+engines' own.
 """
 
 from collections.abc import Sequence
-import ctypes
 import dataclasses
-import functools
 import multiprocessing
 import os
-import pickle
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +36,8 @@ import espeakng_loader
 import numpy as np
 import soxr
 import tqdm
+
+from avsep_jax.data.synthav import espeak_process
 
 SAMPLE_RATE = 16_000
 SILENCE = "sil"
@@ -227,191 +227,19 @@ def espeak_to_arpabet(mnemonic: str, voice: str) -> tuple[str, ...]:
   return phones
 
 
-# ---------------------------------------------------------------------------
-# eSpeak NG through ctypes. Constants are from espeak-ng's speak_lib.h.
-_AUDIO_OUTPUT_SYNCHRONOUS = 2  # espeak_Synth returns when done; callback inline
-_INITIALIZE_PHONEME_EVENTS = 0x0001
-_INITIALIZE_DONT_EXIT = 0x8000  # return an error instead of exit(1)
-_BUFFER_MS = 1000  # room for ~220 events per callback, so none are dropped
-_ESPEAK_RATE = 22050
-_CHARS_UTF8 = 1
-_POS_CHARACTER = 1
-_EVENT_LIST_TERMINATED = 0
-_EVENT_PHONEME = 7
-_PARAM_RATE, _PARAM_PITCH, _PARAM_RANGE = 1, 3, 4
-
-
-class _Event(ctypes.Structure):
-  """espeak_EVENT, 40 bytes; `id` is the char[8] member of its union."""
-
-  _fields_ = [
-      ("type", ctypes.c_int),
-      ("unique_identifier", ctypes.c_uint),
-      ("text_position", ctypes.c_int),
-      ("length", ctypes.c_int),
-      ("audio_position", ctypes.c_int),  # ms, truncated: use `sample`
-      ("sample", ctypes.c_int),  # at 22050 Hz, from the start of the synth
-      ("user_data", ctypes.c_void_p),
-      ("id", ctypes.c_char * 8),  # phoneme name, NUL-terminated unless 8 long
-  ]
-
-
-class _VoiceInfo(ctypes.Structure):
-  """espeak_VOICE, 40 bytes."""
-
-  _fields_ = [
-      ("name", ctypes.c_char_p),
-      ("languages", ctypes.c_void_p),  # packed strings, unused here
-      ("identifier", ctypes.c_char_p),  # e.g. b"gmw/en-US+f3"
-      ("gender", ctypes.c_ubyte),
-      ("age", ctypes.c_ubyte),
-      ("variant", ctypes.c_ubyte),
-      ("xx1", ctypes.c_ubyte),
-      ("score", ctypes.c_int),
-      ("spare", ctypes.c_void_p),
-  ]
-
-
-_SynthCallback = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
-    ctypes.POINTER(_Event))
-
-
-class _Espeak:
-  """The eSpeak NG library, initialised in SYNCHRONOUS mode in this process.
-
-  Forked children inherit it initialised. `synthesize` must only run in such a
-  child (see the module docstring).
-  """
-
-  def __init__(self):
-    lib = espeakng_loader.load_library()
-    lib.espeak_Initialize.argtypes = [
-        ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
-    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-    lib.espeak_GetCurrentVoice.restype = ctypes.POINTER(_VoiceInfo)
-    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int,
-                                        ctypes.c_int]
-    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-    lib.espeak_Synth.argtypes = [
-        ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-        ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-    data_path = espeakng_loader.get_data_path().encode()
-    rate = lib.espeak_Initialize(
-        _AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, data_path,
-        _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_DONT_EXIT)
-    if rate != _ESPEAK_RATE:
-      raise RuntimeError(
-          f"espeak_Initialize returned {rate}, expected {_ESPEAK_RATE} "
-          f"(data at {data_path!r}).")
-    self._lib = lib
-    self._chunks = []  # raw int16 bytes from the callback
-    self._events = []  # (mnemonic, sample at 22050 Hz)
-    self._callback = _SynthCallback(self._on_audio)  # keep a reference
-    lib.espeak_SetSynthCallback(self._callback)
-
-  def _on_audio(self, wav, num_samples, events):
-    # ctypes.string_at rather than numpy: this runs in forked children, where
-    # nothing should import lazily (another thread may have held the lock).
-    if num_samples > 0:
-      self._chunks.append(ctypes.string_at(wav, 2 * num_samples))
-    i = 0
-    while events[i].type != _EVENT_LIST_TERMINATED:
-      if events[i].type == _EVENT_PHONEME:
-        # "replace": an exception here would be swallowed by ctypes and the
-        # event lost; a garbled name fails loudly in espeak_to_arpabet.
-        name = events[i].id.decode("ascii", "replace")
-        self._events.append((name, events[i].sample))
-      i += 1
-    return 0  # continue
-
-  def synthesize(self, text: str, voice: Voice, seed: int):
-    """Speaks `text`; returns (int16 bytes at 22050 Hz, phoneme events)."""
-    lib = self._lib
-    status = lib.espeak_SetVoiceByName(voice.name.encode())
-    # An unknown or miscased variant returns 0 but silently plays no variant,
-    # and a failed voice keeps the previous one: check what is in use.
-    identifier = (lib.espeak_GetCurrentVoice().contents.identifier
-                  or b"").decode()
-    base, _, variant = identifier.partition("+")
-    if (status != 0 or base.rpartition("/")[2].lower() != voice.base
-        or variant != voice.variant):
-      raise ValueError(
-          f"eSpeak has no voice {voice.name!r} (variant names are "
-          f"case-sensitive); it selected {identifier!r}.")
-    lib.espeak_SetParameter(_PARAM_RATE, voice.rate, 0)
-    lib.espeak_SetParameter(_PARAM_PITCH, voice.pitch, 0)
-    lib.espeak_SetParameter(_PARAM_RANGE, voice.pitch_range, 0)
-    lib.espeak_ng_SetRandSeed(seed)
-    # Some voices (e.g. the +Reed variant) also draw from libc's rand(), which the
-    # call above does not seed, so they would depend on whatever this process's
-    # libraries drew before (gRPC does, in Beam workers). Reset it to the state a
-    # fresh process starts in, as every earlier build had it.
-    _LIBC.srand(1)
-    self._chunks.clear()
-    self._events.clear()
-    encoded = text.encode()
-    status = lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0,
-                              _CHARS_UTF8, None, None)
-    if status != 0:
-      raise RuntimeError(f"espeak_Synth failed with status {status}.")
-    return b"".join(self._chunks), list(self._events)
-
-
-# The C library already loaded into this process (for srand).
-_LIBC = ctypes.CDLL(None)
-
-
-@functools.cache
-def _espeak() -> _Espeak:
-  return _Espeak()
-
-
-def _in_forked_child(fn, *args):
-  """Returns fn(*args) computed in a child forked from this process.
-
-  Exceptions raised by `fn` are re-raised here. A raw fork (not
-  multiprocessing) so that this also works inside daemonic pool workers.
-  """
-  read_fd, write_fd = os.pipe()
-  pid = os.fork()
-  if pid == 0:  # The child: compute, send, and exit without cleanup handlers.
-    try:
-      os.close(read_fd)
-      try:
-        payload = pickle.dumps((True, fn(*args)))
-      except BaseException as e:  # pylint: disable=broad-except
-        try:
-          payload = pickle.dumps((False, e))
-        except Exception:  # pylint: disable=broad-except
-          payload = pickle.dumps((False, RuntimeError(repr(e))))
-      with os.fdopen(write_fd, "wb") as f:
-        f.write(payload)
-    finally:
-      os._exit(0)  # pylint: disable=protected-access
-  os.close(write_fd)
-  with os.fdopen(read_fd, "rb") as f:
-    payload = f.read()  # until the child exits, so the pipe cannot fill up
-  _, status = os.waitpid(pid, 0)
-  if not payload:
-    raise RuntimeError(f"the synthesis process died (wait status {status}).")
-  ok, value = pickle.loads(payload)
-  if not ok:
-    raise value
-  return value
-
-
-def _espeak_child(text: str, voice: Voice, seed: int):
-  return _espeak().synthesize(text, voice, seed)
-
-
 def _espeak_utterance(text: str, voice: Voice, seed: int):
   """eSpeak audio at 16 kHz and its phoneme starts (phones, sample at 16k)."""
-  _espeak()  # initialise here, so that the child only synthesises
-  pcm, events = _in_forked_child(_espeak_child, text, voice, seed)
-  audio = soxr.resample(np.frombuffer(pcm, np.int16), _ESPEAK_RATE,
-                        SAMPLE_RATE)
+  pcm, events = espeak_process.run({
+      "library": espeakng_loader.get_library_path(),
+      "data": espeakng_loader.get_data_path(),
+      "name": voice.name, "base": voice.base, "variant": voice.variant,
+      "rate": voice.rate, "pitch": voice.pitch, "pitch_range": voice.pitch_range,
+      "seed": seed, "text": text})
+  # Resampled as float64: soxr's int16 path returns a different last ~30 ms from
+  # call to call for longer inputs (it depends on memory it did not write).
+  audio = np.clip(soxr.resample(np.frombuffer(pcm, np.int16).astype(np.float64),
+                                espeak_process.ESPEAK_RATE, SAMPLE_RATE),
+                  -32768, 32767)
   # sample * 16000 / 22050 = sample * 320 / 441, rounded to the nearest.
   starts = [(espeak_to_arpabet(name, voice.base), (2 * 320 * sample + 441)
              // (2 * 441)) for name, sample in events]
@@ -490,7 +318,7 @@ def synthesize(text: str, voice: Voice, seed: int) -> Utterance:
   """Speaks `text` with `voice`.
 
   The result depends only on the arguments (byte-identical audio on every
-  call): eSpeak runs in a fresh fork of this process. A lone word 'a' is read
+  call): eSpeak runs in a new process of its own. A lone word 'a' is read
   as the letter name, as in GRID sentences.
 
   Args:
@@ -543,8 +371,6 @@ def synthesize_many(jobs: Sequence[tuple[str, Voice, int]], num_workers: int,
   jobs = list(jobs)
   if num_workers < 1:
     raise ValueError(f"num_workers must be >= 1, got {num_workers}.")
-  if any(voice.engine == "espeak" for _, voice, _ in jobs):
-    _espeak()  # initialise once, before forking, for all workers to inherit
   results = []
   with tqdm.tqdm(total=len(jobs), unit="utt", desc="tts",
                  disable=not progress) as bar:
@@ -553,7 +379,7 @@ def synthesize_many(jobs: Sequence[tuple[str, Voice, int]], num_workers: int,
         results.append(_synthesize_job(job))
         bar.update()
     else:
-      # Workers persist; each synthesis still gets its own fork (see
+      # Workers persist; each synthesis still gets its own process (see
       # `synthesize`), so which worker runs a job does not matter.
       context = multiprocessing.get_context("fork")
       with context.Pool(min(num_workers, len(jobs))) as pool:
