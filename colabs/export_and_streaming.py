@@ -157,7 +157,8 @@ assert difference < 1e-4, difference
 import matplotlib.pyplot as plt
 
 t = np.arange(offline.shape[-1]) / config.sample_rate
-span = slice(4000, 4000 + 800)  # 50 ms
+loudest = int(np.argmax(np.abs(offline[0, 0, :-delay])))
+span = slice(max(0, loudest - 400), loudest + 400)  # 50 ms around the loudest sample
 fig, ax = plt.subplots(figsize=(10, 3))
 ax.plot(t[span], offline[0, 0, span], label="offline", lw=2)
 ax.plot(t[span], streamed[0, 0, delay:][span], "--", label="stream, delay removed")

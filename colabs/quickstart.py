@@ -28,9 +28,10 @@
 # 4. separates unseen test mixtures, scores them and plays the voices.
 #
 # With the default settings (the `lite` model, 600 steps) it takes about 30 minutes on
-# a 2-core CPU runtime and reaches roughly +1 to +1.5 dB SI-SNRi from the lips
-# (BENCHMARKS.md, "Does it learn?"); a GPU runtime is faster. The next cell installs the
-# package when it runs on Colab and does nothing elsewhere.
+# a 2-core CPU runtime; a GPU runtime is faster. The same recipe, recorded in
+# BENCHMARKS.md ("Does it learn?"), reached +1.48 dB SI-SNRi from the lips at step 600:
+# a start, far from clean voices. The next cell installs the package when it runs on
+# Colab and does nothing elsewhere.
 
 # %%
 import os
@@ -141,9 +142,10 @@ def show_spectrogram(ax, x, title):
 
 
 frames_shown = 8
-fig = plt.figure(figsize=(14, 6))
-grid = fig.add_gridspec(3, frames_shown + 6)
-show_spectrogram(fig.add_subplot(grid[0, frames_shown:]), mixture, "mixture")
+fig = plt.figure(figsize=(14, 7))
+# One column between the frames and the spectrograms keeps the axis labels apart.
+grid = fig.add_gridspec(3, frames_shown + 7, wspace=0.1, hspace=0.6)
+show_spectrogram(fig.add_subplot(grid[0, :]), mixture, "mixture")
 for s in range(2):
   for j, f in enumerate(np.linspace(0, video.shape[1] - 1, frames_shown).astype(int)):
     ax = fig.add_subplot(grid[s + 1, j])
@@ -152,10 +154,9 @@ for s in range(2):
     ax.set_yticks([])
     if s == 0:
       ax.set_title(f"{f / 25:.2f} s", fontsize=8)
-  show_spectrogram(fig.add_subplot(grid[s + 1, frames_shown:]), sources[s],
+  show_spectrogram(fig.add_subplot(grid[s + 1, frames_shown + 1:]), sources[s],
                    f"speaker {s + 1} (audio-video offset "
                    f"{example['av_offset'][0, s]:+d} frames)")
-fig.tight_layout()
 plt.show()
 
 # %% [markdown]
@@ -186,8 +187,7 @@ print(f"python -m avsep_jax.main --config=configs/2spk.py:{VARIANT} --workdir={W
       + " ".join(f"--config.{k}={v}" for k, v in overrides.items()))
 os.makedirs(WORKDIR, exist_ok=True)
 main_lib.save_config(config, WORKDIR)
-state = train.train_and_evaluate(config, WORKDIR)
-assert int(state.step) == TRAIN_STEPS
+train.train_and_evaluate(config, WORKDIR)
 
 # %% [markdown]
 # Validation SI-SNRi (how many dB the separated voice gains over the mixture; 0 dB

@@ -166,9 +166,6 @@ if DEMO:
 info = avio.probe(VIDEO)
 print(f"{VIDEO}: {info.duration:.2f} s, video {info.has_video}, audio {info.has_audio}")
 first_frame = next(avio.iter_frames(VIDEO))
-plt.imshow(first_frame)
-plt.axis("off")
-plt.show()
 
 # %% [markdown]
 # ## Separate
