@@ -6,11 +6,13 @@ module it mirrors (`audio_encoder.transformer.block_0.attn.query`), so
 convolutions permute around torch's NCHW kernels.
 
 What is mirrored: every alignment ('interpolate', 'hold' and 'soft_dtw', the latter
-with its expected-alignment backward pass written out), both phases ('mixture' iSTFT
-and 'griffin_lim'), causal and windowed attention, the causal (`stream`) model end to end
-(causal STFT framing, causal CNN and 3-D stem padding, no positions), the decoder's
-activity cue, every variant's sizes. Dropout is absent (inference only). The forward returns the waveforms; `forward_with_aux` adds the lip
-activity logits and the per-scale masks.
+with its forward table and expected-alignment backward pass written out as scans over
+the table's anti-diagonals, which export as ONNX Scans whose length follows the
+input's), both phases ('mixture' iSTFT and 'griffin_lim'), causal and windowed
+attention, the causal (`stream`) model end to end (causal STFT framing, causal CNN and
+3-D stem padding, no positions), the decoder's activity cue, every variant's sizes.
+Dropout is absent (inference only). The forward returns the waveforms;
+`forward_with_aux` adds the lip activity logits and the per-scale masks.
 
 Signal processing is written with convolutions only (no torch.stft/istft, no complex
 dtype), because that is what exports to ONNX with a dynamic length (see the serving
@@ -541,50 +543,106 @@ class VisualEncoder(nn.Module):
 # ----------------------------------------------------------------------------- fusion
 
 
+def _scan(step, init, xs, reverse=False):
+  """`torch._higher_order_ops.scan` semantics: carry, stacked outputs of step over dim 0.
+
+  Under export it is the scan op (an ONNX Scan whose length follows the input); eagerly
+  a Python loop over the same step, because an eager scan compiles with dynamo on
+  every new shape (seconds each).
+  """
+  if torch.compiler.is_exporting():
+    from torch._higher_order_ops.scan import scan
+    return scan(step, init, xs, reverse=reverse)
+  length = xs[0].shape[0]
+  carry, ys = init, [None] * length
+  for k in (reversed(range(length)) if reverse else range(length)):
+    carry, ys[k] = step(carry, [x[k] for x in xs])
+  return carry, [torch.stack(y) for y in zip(*ys)]
+
+
+def _diagonal_cells(n, m, band, device):
+  """Anti-diagonal k of an (n, m) table holds cells (k - j, j), j < m: the (K, m) row
+  index i = k - j (K = n + m - 1) and whether the cell is in the table and the band.
+
+  The band test is `alignment.band_mask`'s, in float64 from the same integers, so
+  the cells on its edge fall on the same side; built from the (possibly traced) sizes.
+  """
+  k = torch.arange(n + m - 1, device=device)[:, None]
+  j = torch.arange(m, device=device)[None, :]
+  i = k - j
+  ok = (i >= 0) & (i < n)
+  if band is not None:
+    one = torch.ones((), dtype=torch.float64, device=device)
+    # n == 1 leaves only i = 0, where any finite slope gives 0 as band_mask's slope 0.
+    slope = (m - 1) * one / torch.clamp((n - 1) * one, min=1.0)
+    ok = ok & (torch.abs(i.double() * slope - j.double()) <= band)
+  return i, ok
+
+
 def soft_dtw_alignment(cost, gamma, band):
-  """Expected alignment d softDTW / d cost of (..., N, M) costs, as in
-  `alignment.soft_dtw_alignment`, by the forward table and the backward E recursion
+  """Soft-DTW value and expected alignment E = d value / d cost, as
+  `alignment.soft_dtw_alignment`: the forward table R and the backward E recursion
   (Cuturi & Blondel 2017, Algorithm 2), banded like the JAX scan.
 
-  Loops over cells one anti-diagonal at a time, vectorised over the batch and the
-  diagonal; N and M are fixed by the input, so export specialises on them.
+  Both recursions run over the N + M - 1 anti-diagonals, each step vectorised over a
+  diagonal and the batch; the diagonal indices and band come from the input's sizes, so
+  the export keeps N and M dynamic (two ONNX Scans).
+
+  Args:
+    cost: (..., N, M) float32 (or float64).
+    gamma: softmin temperature > 0; band: half-width in columns, or None.
+
+  Returns:
+    value (...,) and E (..., N, M), in cost's dtype.
   """
-  from avsep_jax.model import alignment as jax_alignment  # numpy band, no JAX trace
   n, m = cost.shape[-2:]
   batch = cost.shape[:-2]
-  ok = torch.tensor(jax_alignment.band_mask(n, m, band), device=cost.device)
-  inf = torch.full(batch, _SOFT_DTW_INF, dtype=torch.float32, device=cost.device)
-  # R with a border: R[0, 0] = 0, other border cells +inf (the JAX table's _INF).
-  r = [[inf for _ in range(m + 1)] for _ in range(n + 1)]
-  r[0][0] = torch.zeros_like(inf)
-  for i in range(1, n + 1):
-    for j in range(1, m + 1):
-      if not ok[i - 1, j - 1]:
-        continue
-      nb = torch.stack([r[i - 1][j], r[i][j - 1], r[i - 1][j - 1]], dim=-1)
-      softmin = -gamma * torch.logsumexp(-nb / gamma, dim=-1)
-      r[i][j] = cost[..., i - 1, j - 1] + softmin
-  # Backward: the gradient of R[n, m] w.r.t. each cost cell. A cell's gradient flows to
-  # its three predecessors with the softmin's weights.
-  zero = torch.zeros_like(inf)
-  g = [[zero for _ in range(m + 2)] for _ in range(n + 2)]
-  g[n][m] = torch.ones_like(inf)
-  expected = [[zero for _ in range(m)] for _ in range(n)]
-  for i in range(n, 0, -1):
-    for j in range(m, 0, -1):
-      if not ok[i - 1, j - 1]:
-        continue
-      gi = g[i][j]
-      expected[i - 1][j - 1] = gi
-      nb = torch.stack([r[i - 1][j], r[i][j - 1], r[i - 1][j - 1]], dim=-1)
-      w = torch.softmax(-nb / gamma, dim=-1) * gi[..., None]
-      if i - 1 >= 1:
-        g[i - 1][j] = g[i - 1][j] + w[..., 0]
-      if j - 1 >= 1:
-        g[i][j - 1] = g[i][j - 1] + w[..., 1]
-      if i - 1 >= 1 and j - 1 >= 1:
-        g[i - 1][j - 1] = g[i - 1][j - 1] + w[..., 2]
-  return torch.stack([torch.stack(row, dim=-1) for row in expected], dim=-2)
+  cost = cost.reshape(-1, n * m)                         # (P, N*M)
+  p = cost.shape[0]
+  i, ok = _diagonal_cells(n, m, band, cost.device)       # (K, M)
+  j = torch.arange(m, device=cost.device)[None, :]
+  # Out-of-table cells gather a clipped neighbour; `ok` discards them.
+  diag_cost = cost[:, (torch.clamp(i, 0, n - 1) * m + j).reshape(-1)]
+  diag_cost = diag_cost.reshape(p, -1, m).transpose(0, 1).contiguous()  # (K, P, M)
+  # The virtual R[-1, -1] = 0 is the diagonal neighbour of cell (0, 0) only.
+  inf = torch.full_like(diag_cost[:, :, :1], _SOFT_DTW_INF)             # (K, P, 1)
+  first = torch.arange(inf.shape[0], device=cost.device)[:, None, None] == 0
+  corner = torch.where(first, torch.zeros_like(inf), inf)
+  ok = ok[:, None, :]                                     # (K, 1, M)
+
+  def forward(carry, xs):
+    prev, prev2 = carry                  # R on diagonals k-1 and k-2, (P, M)
+    c, valid, corner_k = xs
+    edge = torch.full_like(corner_k, _SOFT_DTW_INF)
+    up = prev                                            # R[i-1, j]
+    left = torch.cat([edge, prev[:, :-1]], dim=-1)       # R[i, j-1]
+    diag = torch.cat([corner_k, prev2[:, :-1]], dim=-1)  # R[i-1, j-1]
+    z = torch.stack([up, left, diag], dim=-1) / -gamma
+    r = torch.where(valid, c - gamma * torch.logsumexp(z, dim=-1), edge)
+    # The softmin's weights on the three neighbours: its derivative, for the backward.
+    return (r, prev.clone()), (torch.softmax(z, dim=-1),)
+
+  init = torch.full_like(diag_cost[0], _SOFT_DTW_INF)
+  (last_r, _), (weights,) = _scan(forward, (init, init.clone()),
+                                  (diag_cost, ok, corner))
+
+  def backward(carry, xs):
+    adj, adj_prev = carry    # d value / dR on diagonal k (complete) and k-1 (partial)
+    valid, w = xs
+    g = torch.where(valid, adj, torch.zeros_like(adj))  # = d value / d cost on diagonal k
+    up, left, diag = (g[..., None] * w).unbind(-1)
+    # R[i-1, j] is cell j of diagonal k-1; R[i, j-1] and R[i-1, j-1] are cell j-1.
+    shift = lambda x: torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=-1)
+    return (adj_prev + up + shift(left), shift(diag)), (g,)
+
+  zeros = torch.zeros_like(init)
+  last = torch.cat([zeros[:, 1:], torch.ones_like(zeros[:, :1])], dim=-1)  # dR[N-1, M-1]
+  _, (expected,) = _scan(backward, (last, zeros), (ok, weights), reverse=True)
+  # Back from diagonals: E[i, j] = expected[i + j, :, j].
+  rows = torch.arange(n, device=cost.device)[:, None]
+  expected = expected.transpose(0, 1).reshape(p, -1)     # (P, K*M)
+  expected = expected[:, ((rows + j) * m + j).reshape(-1)]
+  return last_r[:, m - 1].reshape(batch), expected.reshape(*batch, n, m)
 
 
 class VideoAligner(nn.Module):
@@ -615,7 +673,7 @@ class VideoAligner(nn.Module):
     a = a / (torch.linalg.vector_norm(a, dim=-1, keepdim=True) + 1e-6)
     v = v / (torch.linalg.vector_norm(v, dim=-1, keepdim=True) + 1e-6)
     cost = 1.0 - torch.einsum("bta,bsfa->bstf", a, v)
-    expected = soft_dtw_alignment(cost, self.gamma, self.band)
+    _, expected = soft_dtw_alignment(cost, self.gamma, self.band)
     weights = expected / (expected.sum(-1, keepdim=True) + 1e-6)
     return torch.einsum("bstf,bsfd->bstd", weights, video)
 
