@@ -3,9 +3,10 @@
 `avsep_jax.stream.onnx_engine.OnnxStreamer`.
 
 The export goes through `torch.onnx.export(dynamo=True)` (opset 20) with a dynamic
-batch, mixture length and video frame count; the weights are stored inside the .onnx
-file (no sidecar `.data`). The model config travels in the file's metadata, so the
-runner refuses an ONNX file that is not ours and a caller can check the config.
+batch, mixture length and video frame count, for every alignment (soft-DTW through
+torch's `scan` higher-order op, translated to ONNX Scan); the weights are stored inside
+the .onnx file (no sidecar `.data`). The model config travels in the file's metadata,
+so the runner refuses an ONNX file that is not ours and a caller can check the config.
 
 Why the mirror and not jax2onnx: the mirror's STFT/iSTFT are convolutions that export
 with a dynamic length, while jax2onnx fails on masks built in the graph from a dynamic
@@ -33,21 +34,13 @@ def export_onnx(mirror, model_config, path, *, max_seconds=600):
 
   Inputs: mixture (B, T) float32, video (B, S, F, H, W) uint8, speaker_mask (B, S)
   bool, S = model_config.num_speakers; B, T and F are dynamic (T >= the largest
-  n_fft). Output: waveforms (B, S, T) float32.
-
-  Raises:
-    NotImplementedError: alignment 'soft_dtw', whose table the mirror fills cell by
-      cell, so its graph would be fixed to one length.
+  n_fft). Output: waveforms (B, S, T) float32. Soft-DTW alignment becomes two ONNX
+  Scans over the table's anti-diagonals, as long as the input makes them.
   """
   import onnx
   import torch
   from torch.export import Dim
 
-  if model_config.fusion.alignment != "interpolate":
-    raise NotImplementedError(
-        f"ONNX export supports fusion.alignment='interpolate' only, not "
-        f"{model_config.fusion.alignment!r}: the soft-DTW table is unrolled per cell, "
-        f"which fixes the input length")
   m = model_config
   s, roi = int(m.num_speakers), int(m.roi_size)
   frames = _EXAMPLE_SAMPLES * m.video_fps // m.sample_rate

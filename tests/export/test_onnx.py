@@ -1,6 +1,7 @@
 """ONNX export of the PyTorch mirror: checker, onnxruntime parity with torch, bad files."""
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -11,16 +12,18 @@ from avsep_jax.model import model_config
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", params=[2, 6])
+# Each alignment once: soft-DTW's two Scans must follow the input's length.
+@pytest.fixture(scope="module", params=[(2, "interpolate"), (6, "soft_dtw")])
 def exported(request, tmp_path_factory):
-  cfg = model_config("smoke", request.param)
-  cfg.fusion.alignment = "interpolate"
+  num_speakers, method = request.param
+  cfg = model_config("smoke", num_speakers)
+  cfg.fusion.alignment = method
   mirror = convert.build_mirror(cfg)
-  gen = torch.Generator().manual_seed(request.param)
+  gen = torch.Generator().manual_seed(num_speakers)
   with torch.no_grad():
     for p in mirror.parameters():
       p.copy_(0.2 * torch.randn(p.shape, generator=gen))
-  path = tmp_path_factory.mktemp("onnx") / f"smoke{request.param}.onnx"
+  path = tmp_path_factory.mktemp("onnx") / f"smoke{num_speakers}_{method}.onnx"
   onnx_export.export_onnx(mirror, cfg, path)
   return cfg, mirror, path
 
@@ -40,6 +43,8 @@ def _inputs(cfg, batch, samples, seed):
 def test_onnx_runtime_matches_torch_dynamic_shapes(exported):
   cfg, mirror, path = exported
   assert not path.with_name(path.name + ".data").exists()
+  ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+  assert ("Scan" in ops) == (cfg.fusion.alignment == "soft_dtw")
   runner = onnx_export.OnnxSeparator(path, threads=2)
   assert runner.config.num_speakers == cfg.num_speakers
   for i, (batch, samples) in enumerate([(2, 6_400), (1, 8_000), (3, 4_321)]):
@@ -78,7 +83,6 @@ def test_bad_inputs_and_foreign_files(exported, tmp_path):
   not_onnx.write_bytes(b"\x00not a model at all")
   with pytest.raises(ValueError, match="not an ONNX model|not a model exported"):
     onnx_export.OnnxSeparator(not_onnx)
-  import onnx
   foreign = tmp_path / "foreign.onnx"
   node = onnx.helper.make_node("Identity", ["x"], ["y"])
   graph = onnx.helper.make_graph(
@@ -87,9 +91,3 @@ def test_bad_inputs_and_foreign_files(exported, tmp_path):
   onnx.save(onnx.helper.make_model(graph), str(foreign))
   with pytest.raises(ValueError, match="not a model exported"):
     onnx_export.OnnxSeparator(foreign)
-
-
-def test_soft_dtw_export_is_refused(tmp_path):
-  cfg = model_config("smoke", 2)
-  with pytest.raises(NotImplementedError, match="soft-DTW"):
-    onnx_export.export_onnx(convert.build_mirror(cfg), cfg, tmp_path / "x.onnx")
