@@ -9,7 +9,7 @@ in sorted key order, byte-identical records.
 
 Which path: the builder's `use_beam` argument when given; otherwise Beam when the
 config says so (`config.beam`, e.g. SynthAV `large`) or when the caller passed a Beam
-runner or options (e.g. `tfds build --beam_pipeline_options=...`).
+runner or options (`DownloadConfig(beam_runner=..., beam_options=...)`).
 
 The data directory may be a bucket (gs://, s3://; through etils.epath and fsspec):
 ArrayRecord writes only local files, so each shard is written to a local temporary
