@@ -138,7 +138,8 @@ for case, errors, _ in rows:
   print(f"{case:<28}" + "".join(f"{e:12.2e}" for e in errors))
 for case, errors, scales in rows:
   for name, error, scale in zip(("out", "dq", "dk", "dv"), errors, scales):
-    assert error <= TOLERANCE * scale, f"{case} {name}: {error:.2e} > {TOLERANCE} x {scale:.2f}"
+    assert error <= TOLERANCE * scale, (
+        f"{case} {name}: {error:.2e} > {TOLERANCE} x {scale:.2f}")
 
 # %% [markdown]
 # ## What each mask lets through, and what the kernel skips
@@ -192,8 +193,9 @@ IMPLS = {
         q, k, v, is_causal=causal, local_window_size=window, implementation="xla"),
 }
 if ON_GPU:
-  IMPLS["cudnn"] = lambda q, k, v, causal=False, window=None: jax.nn.dot_product_attention(
-      q, k, v, is_causal=causal, local_window_size=window, implementation="cudnn")
+  IMPLS["cudnn"] = lambda q, k, v, causal=False, window=None: (
+      jax.nn.dot_product_attention(q, k, v, is_causal=causal, local_window_size=window,
+                                   implementation="cudnn"))
 
 
 def median_ms(fn, *args):
@@ -220,9 +222,9 @@ for t in SEQ_LENS:
       timings.append((t, mask, impl, median_ms(forward, q, k, v),
                       median_ms(backward, q, k, v, d_out)))
 
-print(f"{jax.devices()[0].device_kind}, {DTYPE}, {TOKENS} tokens per batch, {HEADS} heads "
-      f"of {HEAD_DIM}" + (" (Pallas interpreted: not a speed measurement)"
-                          if INTERPRET else ""))
+print(f"{jax.devices()[0].device_kind}, {DTYPE}, {TOKENS} tokens per batch, "
+      f"{HEADS} heads of {HEAD_DIM}"
+      + (" (Pallas interpreted: not a speed measurement)" if INTERPRET else ""))
 print(f"{'T':>6} {'mask':<11} {'impl':<10} {'fwd ms':>9} {'fwd+bwd ms':>11}")
 for t, mask, impl, fwd, bwd in timings:
   print(f"{t:>6} {mask:<11} {impl:<10} {fwd:9.3f} {bwd:11.3f}")

@@ -189,8 +189,9 @@ mirror, _ = convert.load_safetensors(torch_path, expected_config=config)
 with torch.no_grad():
   torch_out = mirror(torch.from_numpy(mixture), torch.from_numpy(video),
                      torch.from_numpy(mask)).numpy()
-print(f"PyTorch mirror: max |torch - JAX| offline = {np.abs(torch_out - offline).max():.2e}")
-assert np.abs(torch_out - offline).max() < 1e-4
+torch_difference = np.abs(torch_out - offline).max()
+print(f"PyTorch mirror: max |torch - JAX| offline = {torch_difference:.2e}")
+assert torch_difference < 1e-4, torch_difference
 
 onnx_dirs = {"onnx f32": os.path.join(EXPORT_DIR, "stream_f32"),
              "onnx int8": os.path.join(EXPORT_DIR, "stream_int8")}
@@ -214,7 +215,8 @@ for root, _, files in sorted(os.walk(EXPORT_DIR)):
 # %%
 from avsep_jax.stream.onnx_engine import OnnxStreamer
 
-engines = {"jax": streamer, **{name: OnnxStreamer(path) for name, path in onnx_dirs.items()}}
+engines = {"jax": streamer}
+engines.update({name: OnnxStreamer(path) for name, path in onnx_dirs.items()})
 results = {}
 for name, engine in engines.items():
   driver.drive(engine, mixture[:, :step * 5], video, mask)  # warm-up (JAX compiles)
@@ -230,8 +232,8 @@ int8_snr = 10 * np.log10(np.sum(out["jax"] ** 2)
 print(f"onnx int8 agrees with f32 to {int8_snr:.1f} dB SNR")
 assert int8_snr > 20, int8_snr  # INT8 weights, not another model
 
-print(f"\n{'engine':<10} {'compute ms p50/p95/p99':>24} {'end-to-end ms p50/p95/p99':>27} "
-      f"{'video frame ms p50':>19}")
+print(f"\n{'engine':<10} {'compute ms p50/p95/p99':>24} "
+      f"{'end-to-end ms p50/p95/p99':>27} {'video frame ms p50':>19}")
 for name, (_, compute, latency, video_s) in results.items():
   c, e = (np.percentile(1e3 * x, [50, 95, 99]) for x in (compute, latency))
   print(f"{name:<10} {'/'.join(f'{v:.2f}' for v in c):>24} "

@@ -122,7 +122,8 @@ mix_config = pipeline.MixConfig(max_speakers=2, min_speakers=2, segment_seconds=
 example = next(iter(pipeline.make_dataset(f"synthav/{SYNTHAV}", "validation", DATA_DIR,
                                           mix_config, batch_size=1, seed=0,
                                           num_examples=1)))
-mixture, sources, video = example["mixture"][0], example["sources"][0], example["video"][0]
+mixture, sources = example["mixture"][0], example["sources"][0]
+video = example["video"][0]
 print(f"mixture {mixture.shape}, sources {sources.shape}, video {video.shape} "
       f"{video.dtype}")
 # Without background noise the mixture is exactly the sum of its sources.

@@ -54,11 +54,11 @@ if "google.colab" in sys.modules:
 # %% [markdown]
 # ## Settings
 #
-# `CHECKPOINT` picks the model: the path of a training workdir, or `None` to train a
-# small one here. `VIDEO` is the input: a path, or `None` to upload a file (on Colab)
-# or to make a demo video. `AVSEP_NOTEBOOK_SMALL=1` in the environment picks sizes that
-# run in seconds (the tests execute the notebook that way), and `AVSEP_NOTEBOOK_<NAME>`
-# sets one value.
+# `CHECKPOINT` picks the model: the path of a training workdir (or of trained weights,
+# once the repository ships some), or `None` to train a small one here. `VIDEO` is the
+# input: a path, or `None` to upload a file (on Colab) or to make a demo video.
+# `AVSEP_NOTEBOOK_SMALL=1` in the environment picks sizes that run in seconds (the tests
+# execute the notebook that way), and `AVSEP_NOTEBOOK_<NAME>` sets one value.
 
 # %%
 import pathlib
@@ -79,10 +79,11 @@ CHECKPOINT = setting("CHECKPOINT", None, None)   # a training workdir, or None
 VIDEO = setting("VIDEO", None, None)             # a video file, or None
 OUTPUT = setting("OUTPUT", "separated", "separated")
 DEMO_SECONDS = setting("DEMO_SECONDS", 4.0, 1.0)  # length of the demo video
-# Used only when CHECKPOINT is None: the quickstart's training run.
+# SynthAV: the demo video's voices, and the training data when CHECKPOINT is None.
 SYNTHAV = setting("SYNTHAV", "small", "tiny")
 DATA_DIR = setting("DATA_DIR", os.path.expanduser("~/tensorflow_datasets"),
                    os.path.expanduser("~/tensorflow_datasets"))
+# Used only when CHECKPOINT is None: the quickstart's training run.
 VARIANT = setting("VARIANT", "lite", "smoke")
 TRAIN_STEPS = setting("TRAIN_STEPS", 600, 3)
 BATCH_SIZE = setting("BATCH_SIZE", 4, 2)
@@ -120,10 +121,6 @@ if CHECKPOINT is None:
   train.train_and_evaluate(config, WORKDIR)
   CHECKPOINT = WORKDIR
 
-loaded = separate.load_model(CHECKPOINT)
-print(f"{CHECKPOINT}: step {loaded.step} ({loaded.which}), {loaded.num_slots} speaker "
-      f"slots, model {loaded.config_source}")
-
 # %% [markdown]
 # ## The video
 #
@@ -150,9 +147,9 @@ DEMO = VIDEO is None
 if DEMO:
   side = 160  # pixels per face
   faces = [skimage.data.astronaut(), np.repeat(skimage.data.camera()[..., None], 3, -1)]
-  frame = np.concatenate(
-      [np.asarray(Image.fromarray(f).resize((side, side), Image.BILINEAR)) for f in faces],
-      axis=1)
+  frame = np.concatenate([
+      np.asarray(Image.fromarray(f).resize((side, side), Image.BILINEAR))
+      for f in faces], axis=1)
   synthav_builder.build(SYNTHAV, DATA_DIR)
   voices = next(iter(pipeline.make_dataset(
       f"synthav/{SYNTHAV}", "test", DATA_DIR,
