@@ -167,6 +167,7 @@ for (name, masks), top, bottom in zip(shown.items(), axes[0], axes[1]):
   top.set_xlabel("key")
   top.set_ylabel("query")
   blocks = kernels.visited_key_blocks(view, view, **masks)[0]
+  assert masks == {} or blocks.sum() < every_block, name  # masked blocks are skipped
   bottom.bar(np.arange(len(blocks)), blocks)
   bottom.set_title(f"{blocks.sum() / every_block:.0%} of the blocks", fontsize=9)
   bottom.set_xlabel("query block")
