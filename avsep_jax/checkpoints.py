@@ -103,11 +103,20 @@ def restore_latest(mngr, abstract_state, make_iter):
   return None, None, None
 
 
-def restore_state(mngr, step, abstract_state):
-  """The train state of one step, without the data iterator (for evaluation)."""
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))
-  return restored["state"]
+def restore_params(mngr, step, target, key="params"):
+  """One step's `key` ("params" or "ema_params") alone, for evaluation.
+
+  Args:
+    target: the params' ShapeDtypeStructs (with shardings).
+
+  The rest of the state (optimizer moments, a distillation's projections) is not
+  read, so any trainer's checkpoint of the same model restores.
+  """
+  item = {key: target}
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=True)))
+  return restored["state"][key]
 
 
 def _shape_mismatch(mngr, step, abstract_state):

@@ -1,8 +1,9 @@
 """train_and_evaluate(config, workdir): the training loop, top to bottom.
 
-Sections: Mesh, Input, Model, Shard, Update, Checkpoint, Evals, Loop. Everything a run
-writes goes to `workdir`: Orbax step directories (train state + data iterator), a
-TensorBoard events file and evaluation JSON.
+Sections: Mesh, Input, Model, Shard, Update, then `fit`'s Checkpoint, Evals, Loop,
+which other trainers (`avsep_jax.distill`) share. Everything a run writes goes to
+`workdir`: Orbax step directories (train state + data iterator), a TensorBoard events
+file and evaluation JSON.
 """
 
 import functools
@@ -39,6 +40,14 @@ class TrainState:
   opt_state: Any
   ema_params: Any
   bad_steps: jax.Array
+
+  @property
+  def trainable(self):
+    """What the optimizer updates (and `opt_state` holds moments of)."""
+    return self.params
+
+  def with_trainable(self, trainable):
+    return self.replace(params=trainable)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -98,6 +107,26 @@ def separation_loss(config, out, aux, batch):
     per_example, _ = signal.pit_loss(out, batch["sources"], mask)
     parts["pit"] = jnp.mean(per_example)
   return sum(weights[k] * v for k, v in parts.items()), parts
+
+
+def train_iterator(config, data_dir):
+  """This process's training batches from the first (a grain iterator: checkpoints
+  hold its position)."""
+  return iter(pipeline.make_dataset(
+      config.dataset, "train", data_dir, mix_config(config),
+      batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+      augment_video=config.get("augment_video", True),
+      shard_index=jax.process_index(), shard_count=jax.process_count()))
+
+
+def validation_batches(config, data_dir):
+  """This process's share of the same `config.eval_examples` validation mixtures at
+  every evaluation."""
+  return pipeline.make_dataset(
+      config.dataset, "validation", data_dir, mix_config(config),
+      batch_size=config.batch_size // jax.process_count(), seed=config.seed + 7,
+      num_examples=config.eval_examples, shard_index=jax.process_index(),
+      shard_count=jax.process_count())
 
 
 def oracle_cue(config, batch):
@@ -160,7 +189,16 @@ def create_train_state(config, model, optimizer, mesh, rules):
         ema_params=params if config.ema_decay else None,
         bad_steps=jnp.zeros((), jnp.int32))
 
-  rng = jax.random.key(config.seed)
+  return shard_init(init_state, jax.random.key(config.seed), mesh, rules)
+
+
+def shard_init(init_state, rng, mesh, rules):
+  """Creates `init_state(rng)` sharded by its params' logical axis names: eval_shape,
+  then a jitted init whose outputs land on their devices (never whole on one).
+
+  Returns:
+    (state, abstract, shardings) as `create_train_state` describes.
+  """
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(init_state, rng)
     shardings = parallel.state_shardings(boxed, mesh, rules)
@@ -192,23 +230,39 @@ def make_train_step(config, model, optimizer, schedule, shardings, batch_shardin
       return separation_loss(config, out, aux, batch)
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if config.ema_decay:
-      ema = optax.incremental_update(params, ema, 1.0 - config.ema_decay)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                     ema_params=ema, bad_steps=jnp.zeros((), jnp.int32))
-    old = state.replace(step=state.step + 1, bad_steps=state.bad_steps + 1)
-    state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
-               "nonfinite": 1 - ok.astype(jnp.int32), "bad_steps": state.bad_steps,
-               **{f"loss_{k}": v for k, v in parts.items()}}
-    return state, metrics
+    state, metrics = apply_gradients(config, optimizer, schedule, state, loss, grads)
+    return state, metrics | {f"loss_{k}": v for k, v in parts.items()}
 
   return train_step
+
+
+def apply_gradients(config, optimizer, schedule, state, loss, grads):
+  """The optimizer step on `state.trainable`, guarded against non-finite values.
+
+  Args:
+    state: a `TrainState` (or a dataclass extending it).
+    loss: scalar; grads: its gradient with respect to `state.trainable`.
+
+  Returns:
+    (state, metrics): the updated state (params and optimizer state as they were,
+    `bad_steps` + 1, when the loss or the gradient is not finite; EMA of
+    `state.params`) and {"loss", "grad_norm", "learning_rate", "nonfinite",
+    "bad_steps"}.
+  """
+  grad_norm = optax.tree.norm(grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+  new = state.with_trainable(optax.apply_updates(state.trainable, updates))
+  ema = state.ema_params
+  if config.ema_decay:
+    ema = optax.incremental_update(new.params, ema, 1.0 - config.ema_decay)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  new = new.replace(step=state.step + 1, opt_state=opt_state, ema_params=ema,
+                    bad_steps=jnp.zeros((), jnp.int32))
+  old = state.replace(step=state.step + 1, bad_steps=state.bad_steps + 1)
+  state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  return state, {"loss": loss, "grad_norm": grad_norm,
+                 "learning_rate": schedule(state.step),
+                 "nonfinite": 1 - ok.astype(jnp.int32), "bad_steps": state.bad_steps}
 
 
 def make_predict(config, model, param_shardings, batch_sharding):
@@ -223,19 +277,11 @@ def make_predict(config, model, param_shardings, batch_sharding):
   return predict
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-  """Trains `config` in `workdir`, resuming from its latest checkpoint."""
-  workdir = os.path.abspath(workdir)
-  is_main = jax.process_index() == 0
-
-  # ----------------------------------------------------------------------- Mesh
-  mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
-  rules = tuple(tuple(r) for r in config.logical_axis_rules)
-  batch_sharding = parallel.batch_sharding(mesh, rules)
+def check_config(config):
+  """Raises ValueError naming the first setting that cannot run."""
   if config.batch_size % jax.process_count():
     raise ValueError(f"batch_size {config.batch_size} does not divide over "
                      f"{jax.process_count()} processes")
-  local_batch = config.batch_size // jax.process_count()
   if config.eval_examples < config.batch_size:
     # Evaluation batches are whole batches: fewer examples would score nothing.
     raise ValueError(f"eval_examples ({config.eval_examples}) must be at least "
@@ -244,15 +290,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     # Without the decoder's cue input the true activity would silently go unused.
     raise ValueError("oracle_cue / oracle_cue_steps need model.decoder.activity_cue=True")
 
+
+def make_mesh(config):
+  """(mesh, logical-axis rules, batch sharding) from the config."""
+  mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
+  rules = tuple(tuple(r) for r in config.logical_axis_rules)
+  return mesh, rules, parallel.batch_sharding(mesh, rules)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains `config` in `workdir`, resuming from its latest checkpoint."""
+  # ----------------------------------------------------------------------- Mesh
+  check_config(config)
+  mesh, rules, batch_sharding = make_mesh(config)
+
   # ---------------------------------------------------------------------- Input
   data_dir = ensure_dataset(config)
-  train_mix = mix_config(config)
-
-  def make_train_iter():
-    return iter(pipeline.make_dataset(
-        config.dataset, "train", data_dir, train_mix, batch_size=local_batch,
-        seed=config.seed, augment_video=config.get("augment_video", True),
-        shard_index=jax.process_index(), shard_count=jax.process_count()))
 
   # ---------------------------------------------------------------------- Model
   model = AVSeparator(config.model)
@@ -260,7 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   # ---------------------------------------------------------------------- Shard
   state, abstract, shardings = create_train_state(config, model, optimizer, mesh, rules)
-  if is_main:
+  if jax.process_index() == 0:
     print(f"params: {parallel.nbytes(state.params) / 1e6:.3f} MB, "
           f"{parallel.nbytes_on(state.params, jax.devices()[0]) / 1e6:.3f} MB on "
           f"device 0 (mesh {dict(mesh.shape)})")
@@ -269,6 +322,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   train_step = make_train_step(config, model, optimizer, schedule, shardings,
                                batch_sharding)
   predict = make_predict(config, model, shardings.params, batch_sharding)
+
+  return fit(config, workdir, data_dir, batch_sharding, state, abstract, train_step,
+             predict)
+
+
+def fit(config, workdir, data_dir, batch_sharding, state, abstract, train_step, predict):
+  """Checkpoint, Evals, Loop: every trainer's loop once its state and step exist.
+
+  Resumes from the workdir's newest readable step, runs `train_step` up to
+  `config.total_steps`, validates every `eval_every_steps`, checkpoints state and data
+  iterator every `checkpoint_every_steps`, and on SIGTERM saves the current step and
+  returns.
+
+  Args:
+    config: the run's config (`total_steps`, `eval_every_steps`, ... and the data).
+    workdir: checkpoints/, tensorboard/ and eval/ go here.
+    data_dir: TFDS data dir holding `config.dataset`.
+    batch_sharding: NamedSharding of a global batch.
+    state: the initial state, sharded: a `TrainState` (or a dataclass extending it).
+    abstract: its restore target (ShapeDtypeStructs with shardings).
+    train_step: (state, global batch) -> (state, {name: scalar}) with at least
+      "loss" and "bad_steps".
+    predict: (params, global batch) -> (waveforms (B, S, T), main-scale masks).
+
+  Returns:
+    The last state.
+  """
+  workdir = os.path.abspath(workdir)
+  is_main = jax.process_index() == 0
+  make_train_iter = functools.partial(train_iterator, config, data_dir)
 
   # ----------------------------------------------------------------- Checkpoint
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -287,13 +370,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   def evaluate(step):
     params = state.ema_params if config.ema_decay else state.params
     records = []
-    ds = pipeline.make_dataset(config.dataset, "validation", data_dir, train_mix,
-                               batch_size=local_batch, seed=config.seed + 7,
-                               num_examples=config.eval_examples,
-                               shard_index=jax.process_index(),
-                               shard_count=jax.process_count())
     first = None
-    for batch in ds:
+    for batch in validation_batches(config, data_dir):
       out, masks = predict(params, parallel.global_batch(batch, batch_sharding))
       out, masks = parallel.local_rows(out), parallel.local_rows(masks)
       records += evaluation.score_batch(out, batch["sources"], batch["mixture"],
@@ -365,9 +443,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
   Prints a table and writes eval/test_<which>_<step>.json in the workdir.
   """
-  mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
-  rules = tuple(tuple(r) for r in config.logical_axis_rules)
-  batch_sharding = parallel.batch_sharding(mesh, rules)
+  mesh, rules, batch_sharding = make_mesh(config)
   local_batch = config.batch_size // jax.process_count()
   data_dir = ensure_dataset(config)
   model = AVSeparator(config.model)
@@ -386,8 +462,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   step, which = checkpoints.choose_step(mngr, which)
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints to evaluate")
-  state = checkpoints.restore_state(mngr, step, abstract)
-  params = state.ema_params if config.ema_decay else state.params
+  key = "ema_params" if config.ema_decay else "params"
+  params = checkpoints.restore_params(mngr, step, getattr(abstract, key), key)
   predict = make_predict(config, model, shardings.params, batch_sharding)
   records = []
   for n in counts:
