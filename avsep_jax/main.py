@@ -3,6 +3,9 @@ r"""Trains and evaluates an audio-visual separator.
   python -m avsep_jax.main --config=configs/6spk.py[:lite] [--workdir=DIR] \
       [--config.key=value ...] [--mode=train|evaluate]
 
+The config's `trainer` key picks how --mode=train trains: plainly (the default), or
+`distill` from a trained teacher (configs/distill.py, avsep_jax/distill.py).
+
 Several processes (one per host, or per GPU): add --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I, or let a launcher set them (JAX_* or SLURM variables;
 see avsep_jax/distributed.py, experiments/launch_local.py and docs/scaling.md).
@@ -21,8 +24,12 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from avsep_jax import distill
 from avsep_jax import distributed
 from avsep_jax import train
+
+# `config.trainer` picks the training loop (plain training when the key is absent).
+TRAINERS = {"train": train.train_and_evaluate, "distill": distill.train_and_evaluate}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None,
@@ -90,7 +97,11 @@ def main(argv):
     if _MODE.value == "train":
       if jax.process_index() == 0:
         save_config(config, workdir)
-      train.train_and_evaluate(config, workdir)
+      trainer = config.get("trainer", "train")
+      if trainer not in TRAINERS:
+        raise ValueError(f"config.trainer must be one of {sorted(TRAINERS)}, "
+                         f"got {trainer!r}")
+      TRAINERS[trainer](config, workdir)
     else:
       train.evaluate_checkpoint(config, workdir, which=_CHECKPOINT.value)
   except (ValueError, FileNotFoundError, PermissionError,
