@@ -53,16 +53,13 @@ def test_torch_export_and_bad_checkpoints(checkpoint, tmp_path):
     assert not (tmp_path / "x.out").exists()
 
 
-def test_static_int8_onnx_calibrated_on_validation_mixtures(make_checkpoint,
-                                                            tiny_data_dir, tmp_path,
-                                                            capsys):
+def test_static_int8_onnx_calibrated_on_validation_mixtures(checkpoint, tiny_data_dir,
+                                                            tmp_path, capsys):
   import onnx
   from avsep_jax import separate
   from avsep_jax.export import onnx_export
   from avsep_jax.export.__main__ import main
-  config, _ = separate.load_config(None, os.path.join(ROOT, "configs/2spk.py:smoke"))
-  config.model.fusion.alignment = "interpolate"  # ONNX needs it (soft-DTW is unrolled)
-  checkpoint = make_checkpoint(config, "onnx_workdir")
+  config, _ = separate.load_config(checkpoint)
   i8 = tmp_path / "int8.onnx"
   assert main(["--checkpoint", checkpoint, "--format", "onnx", "--quantize", "int8",
                "--calibration", "2", "--data_dir", tiny_data_dir,
