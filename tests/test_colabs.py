@@ -19,8 +19,8 @@ from nbclient import NotebookClient
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COLABS = ROOT / "colabs"
-# quickstart before separate_your_video: both train the same smoke model, and the
-# second finds the first's compiled steps in the shared compilation cache.
+# quickstart before separate_your_video: both train the same smoke model, and run in
+# one process the second finds the first's compiled steps in the compilation cache.
 NOTEBOOKS = ("quickstart", "separate_your_video", "attention_kernels",
              "export_and_streaming")
 
