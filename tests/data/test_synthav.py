@@ -82,7 +82,7 @@ def test_command_line_reports_location_and_size(tiny_data_dir):
   out = subprocess.run(
       [sys.executable, "-m", "avsep_jax.data.synthav", "--config=tiny",
        f"--data_dir={tiny_data_dir}"], capture_output=True, text=True, check=True).stdout
-  assert "synth_av/tiny/1.0.0" in out and "MiB" in out and "already built" in out
+  assert "synth_av/tiny/1.1.0" in out and "MiB" in out and "already built" in out
 
 
 def test_bad_input_gets_a_clear_error(tiny_data_dir, tmp_path):

@@ -150,8 +150,12 @@ class SynthAV(generation.BeamOptionalBuilder):
   `avsep_jax.data.generation`); the bytes depend on neither.
   """
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release.",
+      "1.1.0": "Reproducible eSpeak audio: a fresh interpreter per utterance (voices that "
+               "draw from libc rand()) and float64 resampling; up to 1 LSB from 1.0.0.",
+  }
   BUILDER_CONFIGS = BUILDER_CONFIGS
   DEFAULT_CONFIG_NAME = "small"
 
