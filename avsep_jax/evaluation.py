@@ -23,6 +23,7 @@ import pesq
 import pystoi
 import scipy.stats
 
+from avsep_jax import parallel
 from avsep_jax import signal
 
 # Metrics in record, summary and table order.
@@ -151,6 +152,19 @@ def score_batch(estimates: np.ndarray,
       record["stoi"] = _stoi(sources[b, s], estimates[b, s], sample_rate)
     records.append(record)
   return records
+
+
+def gather(records: list[dict]) -> list[dict]:
+  """The `score_batch` records of every process (multi-process runs score their own
+  shard of the evaluation data): all processes then summarize the same set. Every
+  process must hold records with the same keys."""
+  if jax.process_count() == 1:
+    return records
+  keys = sorted(records[0])
+  # float32 in transit: collectives carry what JAX holds without x64.
+  rows = np.array([[r[k] for k in keys] for r in records], np.float32)
+  return [{k: (int(v) if k == "num_speakers" else float(v)) for k, v in zip(keys, row)}
+          for row in parallel.gather_rows(rows)]
 
 
 def _stats(values):

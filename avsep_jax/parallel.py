@@ -64,6 +64,22 @@ def local_rows(x):
   return np.concatenate(rows)
 
 
+def gather_rows(rows):
+  """Every process's (N_p, K) host rows, concatenated in process order: (sum N_p, K).
+
+  Processes may hold different row counts (e.g. speakers scored in mixtures of 2..6).
+  With one process, `rows` itself.
+  """
+  if jax.process_count() == 1:
+    return rows
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  counts = np.asarray(multihost_utils.process_allgather(np.array([len(rows)]), tiled=True))
+  padded = np.zeros((counts.max(),) + rows.shape[1:], rows.dtype)
+  padded[:len(rows)] = rows
+  every = np.asarray(multihost_utils.process_allgather(padded))  # (P, max N_p, K)
+  return np.concatenate([every[p, :n] for p, n in enumerate(counts)])
+
+
 def nbytes(tree):
   """Bytes of all arrays in a pytree, counted once (as if unsharded)."""
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))

@@ -379,7 +379,7 @@ def fit(config, workdir, data_dir, batch_sharding, state, abstract, train_step, 
                                         pesq_stoi=config.eval_pesq_stoi)
       if first is None:
         first = (batch, out, masks)
-    summary = evaluation.summarize(records)
+    summary = evaluation.summarize(evaluation.gather(records))
     if is_main:
       evaluation.write_json(os.path.join(workdir, "eval", f"validation_{step}.json"),
                             summary, step=step, split="validation")
@@ -472,7 +472,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       records += evaluation.score_batch(parallel.local_rows(out), batch["sources"],
                                         batch["mixture"], batch["speaker_mask"],
                                         pesq_stoi=config.eval_pesq_stoi)
-  summary = evaluation.summarize(records)
+  summary = evaluation.summarize(evaluation.gather(records))
   print(f"test split, checkpoint step {step} ({which}):")
   print(evaluation.format_table(summary))
   if jax.process_index() == 0:

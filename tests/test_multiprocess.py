@@ -2,6 +2,7 @@
 jax.distributed (gloo), started by experiments/launch_local.py, against 1 process x 4
 devices; a killed process, the resumed run, and start-up errors."""
 
+import json
 import os
 import pathlib
 import signal
@@ -94,6 +95,16 @@ def test_two_processes_match_one_survive_a_kill_and_resume(tiny_data_dir, compil
   b = losses(two)
   np.testing.assert_allclose([b[s] for s in (3, 4)], [a[s] for s in (3, 4)], rtol=2e-4)
   assert_trees_close(params(two, 4), params(one, 4), atol=2e-5)
+  # Validation at the last step scores both processes' shards: every process reports
+  # the one-process run's figures, over the same number of speakers.
+  lines = {p: [l for l in out.splitlines() if l.startswith(f"[p{p}] step 4: validation")]
+           for p in (0, 1)}
+  assert len(lines[0]) == 1 and lines[0][0][5:] == lines[1][0][5:], lines
+  want, got = (json.loads((w / "eval" / "validation_4.json").read_text())["summary"]["all"]
+               for w in (one, two))
+  for metric in ("si_snri", "sdri"):
+    assert got[metric]["n"] == want[metric]["n"]
+    np.testing.assert_allclose(got[metric]["mean"], want[metric]["mean"], atol=1e-3)
 
 
 def _main(tmp_path, data_dir, compile_cache, *flags):
