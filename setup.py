@@ -34,6 +34,8 @@ INSTALL_REQUIRES = [
     "av==18.1.0",
     "pillow>=10",
     "tensorboard==2.21.0",
+    # The shipped weights (avsep_jax/pretrained) and the PyTorch mirror's files.
+    "safetensors==0.8.0",
 ]
 
 EXTRAS_REQUIRE = {
@@ -66,7 +68,6 @@ EXTRAS_REQUIRE = {
         "onnx==1.23.2",
         "onnxruntime==1.32.0",
         "onnxscript==0.7.2",        # torch.onnx.export(dynamo=True) needs it
-        "safetensors==0.8.0",
     ],
 }
 
@@ -76,8 +77,9 @@ setuptools.setup(
     description="Audio-visual speech separation in JAX/Flax",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["avsep_jax", "avsep_jax.*"]),
-    # The word list that SynthAV sentences are drawn from.
-    package_data={"avsep_jax.data.synthav": ["resources/*"]},
+    # The word list that SynthAV sentences are drawn from; the shipped weights.
+    package_data={"avsep_jax.data.synthav": ["resources/*"],
+                  "avsep_jax.pretrained": ["*.safetensors"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )

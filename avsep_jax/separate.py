@@ -1,6 +1,6 @@
 r"""Separates the voices of the faces in a video: one wav per tracked face.
 
-  python -m avsep_jax.separate --input talk.mp4 --checkpoint WORKDIR --output DIR \
+  python -m avsep_jax.separate --input talk.mp4 [--checkpoint WORKDIR] --output DIR \
       [--which best|latest] [--config configs/2spk.py:lite] [--mp4] \
       [--chunk_seconds 6] [--overlap_seconds 1] [--overwrite]
 
@@ -21,8 +21,8 @@ stream, no face, a checkpoint that does not fit) print one `error:` line and exi
 The checkpoint is a training workdir (`python -m avsep_jax.main --workdir=...`, or its
 `checkpoints/` folder): the model's config is read from its `config.json` unless
 --config names a config file. Only the parameters are restored (the EMA parameters when
-the run kept them). No trained weights ship with the code yet, so --checkpoint is
-required.
+the run kept them). Without --checkpoint, the weights that ship with the code
+(`avsep_jax.pretrained.DEFAULT`: `lite`, 2 to 6 speakers) are used.
 """
 
 import argparse
@@ -44,6 +44,7 @@ import tqdm
 from absl import logging
 
 from avsep_jax import checkpoints
+from avsep_jax import pretrained
 from avsep_jax.model import AVSeparator
 from avsep_jax.vision import avio, pipeline
 from avsep_jax.vision import weights as detector_weights
@@ -126,9 +127,10 @@ class LoadedModel:
     config: the run's config (`config.model` is the model's).
     params: the restored parameters.
     step: checkpoint step.
-    which: 'best' or 'latest' (what was asked; 'latest' when no step has a metric).
+    which: 'best' or 'latest' (what was asked; 'latest' when no step has a metric),
+      or 'shipped' for the weights that ship with the code.
     params_key: 'ema_params' or 'params'.
-    checkpoint_dir: the checkpoints folder.
+    checkpoint_dir: the checkpoints folder, or the shipped weights' file.
     config_source: where the config came from.
   """
   config: object
@@ -168,11 +170,29 @@ def abstract_params(config):
   return nn.unbox(variables["params"])
 
 
+def load_shipped(path=pretrained.DEFAULT):
+  """The weights that ship with the code (`avsep_jax.pretrained`) as a LoadedModel."""
+  try:
+    config, params, card = pretrained.load(path)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(str(e)) from e
+  wanted = abstract_params(config)
+  mismatch = checkpoints.params_mismatch(params, wanted)
+  if mismatch:
+    raise CheckpointError(f"{path} does not fit its own config: {mismatch}")
+  params = jax.tree.map(lambda a, w: np.asarray(a, dtype=w.dtype), params, wanted)
+  return LoadedModel(config=config, params=params, step=int(card["step"]),
+                     which="shipped", params_key=card["params_key"],
+                     checkpoint_dir=path, config_source=path)
+
+
 def load_model(checkpoint, which="best", config_arg=None):
   """Restores the parameters of one checkpoint step (EMA ones when present).
 
   Args:
-    checkpoint: a training workdir or its checkpoints/ folder.
+    checkpoint: a training workdir or its checkpoints/ folder; None for the weights
+      that ship with the code (`load_shipped`; `which` does not apply and
+      `config_arg` must be None).
     which: 'best' (highest validation SI-SNRi, else the newest) or 'latest'.
     config_arg: optional 'configs/<file>.py[:variant]' replacing the workdir's config.
 
@@ -182,6 +202,11 @@ def load_model(checkpoint, which="best", config_arg=None):
   Raises:
     CheckpointError: no such workdir, no config, no step, or params of another model.
   """
+  if checkpoint is None:
+    if config_arg:
+      raise CheckpointError("--config describes a --checkpoint; the shipped weights "
+                            "carry their own config")
+    return load_shipped()
   workdir, ckpt_dir = checkpoint_paths(checkpoint)
   config, config_source = load_config(workdir, config_arg)
   step, which = _choose_step(ckpt_dir, which)
@@ -413,9 +438,9 @@ def parse_args(argv=None):
       description="One wav per tracked face in a video, plus summary.json.")
   parser.add_argument("--input", required=True, help="a video with sound (any container "
                       "FFmpeg reads)")
-  parser.add_argument("--checkpoint", required=True,
-                      help="training workdir (or its checkpoints/ folder). Required: no "
-                      "trained weights ship with the code yet")
+  parser.add_argument("--checkpoint", default=None,
+                      help="training workdir (or its checkpoints/ folder); default: "
+                      "the weights that ship with the code (lite, 2 to 6 speakers)")
   parser.add_argument("--output", required=True, help="directory to write (created; "
                       "written whole or not at all)")
   parser.add_argument("--which", choices=("best", "latest"), default="best",

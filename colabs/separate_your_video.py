@@ -19,14 +19,15 @@
 # `avsep_jax.separate` takes a video with sound and writes one voice per visible face:
 # RetinaFace finds and tracks the faces, a mouth crop is cut from each face in every
 # frame, and the model separates the soundtrack using each speaker's lips
-# (`python -m avsep_jax.separate --input VIDEO --checkpoint WORKDIR --output DIR` on the
+# (`python -m avsep_jax.separate --input VIDEO [--checkpoint WORKDIR] --output DIR` on the
 # command line).
 #
-# The model comes from a checkpoint: a training workdir (`python -m avsep_jax.main
-# --workdir=...`, or the quickstart notebook's). No trained weights ship with the
-# code yet, so with `CHECKPOINT = None` this notebook trains a small model first, which
-# shows every step but does not separate real voices well: a model trained on
-# synthetic speech and rendered mouths knows little about real faces.
+# The model is the weights that ship with the code (`lite`, 2 to 6 speakers, trained
+# on SynthAV: see README.md for its scores), a checkpoint (a training workdir from
+# `python -m avsep_jax.main --workdir=...`, or the quickstart notebook's), or, with
+# `CHECKPOINT = None`, a small model this notebook trains first. A model trained on
+# synthetic speech and rendered mouths knows little about real faces: on your own video
+# it shows the pipeline more than it separates.
 
 # %%
 import os
@@ -54,8 +55,8 @@ if "google.colab" in sys.modules:
 # %% [markdown]
 # ## Settings
 #
-# `CHECKPOINT` picks the model: the path of a training workdir (or of trained weights,
-# once the repository ships some), or `None` to train a small one here. `VIDEO` is the
+# `CHECKPOINT` picks the model: `"shipped"` for the weights that ship with the code,
+# the path of a training workdir, or `None` to train a small one here. `VIDEO` is the
 # input: a path, or `None` to upload a file (on Colab) or to make a demo video.
 # `AVSEP_NOTEBOOK_SMALL=1` in the environment picks sizes that run in seconds (the tests
 # execute the notebook that way), and `AVSEP_NOTEBOOK_<NAME>` sets one value.
@@ -75,7 +76,8 @@ def setting(name, default, small):
   return value if default is None else type(default)(value)
 
 
-CHECKPOINT = setting("CHECKPOINT", None, None)   # a training workdir, or None
+# Small settings train 3 steps of the smoke model: it compiles faster than lite.
+CHECKPOINT = setting("CHECKPOINT", "shipped", None)  # "shipped", a workdir, or None
 VIDEO = setting("VIDEO", None, None)             # a video file, or None
 OUTPUT = setting("OUTPUT", "separated", "separated")
 DEMO_SECONDS = setting("DEMO_SECONDS", 4.0, 1.0)  # length of the demo video
@@ -176,8 +178,8 @@ first_frame = next(avio.iter_frames(VIDEO))
 import json
 
 summary = separate.run(separate.parse_args(
-    ["--input", VIDEO, "--checkpoint", CHECKPOINT, "--output", OUTPUT, "--mp4",
-     "--overwrite"]))
+    ["--input", VIDEO, "--output", OUTPUT, "--mp4", "--overwrite"]
+    + ([] if CHECKPOINT == "shipped" else ["--checkpoint", CHECKPOINT])))
 print(json.dumps({k: summary[k] for k in ("frames", "duration_s", "chunks")}, indent=1))
 for track in summary["tracks"]:
   print(f"slot {track['slot']}: face in {track['start_s']}-{track['end_s']} s, "
