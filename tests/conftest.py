@@ -1,9 +1,11 @@
-"""Shared fixtures: a SynthAV `tiny` build (built once, even under xdist) and untrained
-training checkpoints of any config."""
+"""Shared fixtures: a SynthAV `tiny` build (built once, even under xdist), untrained
+training checkpoints of any config, and the command-line runner of the CLI tests."""
 
 import fcntl
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -55,3 +57,17 @@ def make_checkpoint(tmp_path_factory):
     return workdir
 
   return make
+
+
+@pytest.fixture(scope="session")
+def run_module():
+  """run(module, *args) -> the CompletedProcess of `python -m module args` (text
+  output captured, not checked) run from the repository root on the CPU."""
+
+  def run(module, *args, timeout=300):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], check=False,
+                          capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=timeout)
+
+  return run

@@ -5,10 +5,10 @@ module at step 0 (untrained weights: the test checks the plumbing, not the quali
 with the `config.json` the trainer writes beside it.
 """
 
+import functools
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import wave
 
@@ -75,11 +75,9 @@ def checkpoint(make_checkpoint):
   return make_checkpoint("configs/2spk.py:smoke", "separate_workdir")
 
 
-def run_separate(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "avsep_jax.separate", *map(str, args)],
-                        check=False, capture_output=True, text=True, cwd=ROOT, env=env,
-                        timeout=300)
+@pytest.fixture(name="run_separate")
+def fixture_run_separate(run_module):
+  return functools.partial(run_module, "avsep_jax.separate")
 
 
 def read_wav(path):
@@ -88,7 +86,8 @@ def read_wav(path):
     return w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), "<i2")
 
 
-def test_two_faces_give_two_wavs_a_summary_and_mp4s(media, checkpoint, tmp_path):
+def test_two_faces_give_two_wavs_a_summary_and_mp4s(media, checkpoint, tmp_path,
+                                                    run_separate):
   out = tmp_path / "result"
   result = run_separate("--input", media["two"], "--checkpoint", checkpoint,
                         "--output", out, "--mp4", "--chunk_seconds", "1",
@@ -119,7 +118,8 @@ def test_two_faces_give_two_wavs_a_summary_and_mp4s(media, checkpoint, tmp_path)
   assert sorted(os.listdir(tmp_path)) == ["result"]  # no temporary directory left
 
 
-def test_more_faces_than_slots_keeps_the_most_visible(media, checkpoint, tmp_path):
+def test_more_faces_than_slots_keeps_the_most_visible(media, checkpoint, tmp_path,
+                                                      run_separate):
   out = tmp_path / "result"
   result = run_separate("--input", media["three"], "--checkpoint", checkpoint,
                         "--output", out)
@@ -140,7 +140,7 @@ def test_more_faces_than_slots_keeps_the_most_visible(media, checkpoint, tmp_pat
     ("no_face", "no face found"),
 ])
 def test_bad_input_one_error_line_and_no_output(name, message, media, checkpoint,
-                                                tmp_path):
+                                                tmp_path, run_separate):
   path = media.get(name, str(tmp_path / "missing.mp4"))
   out = tmp_path / "new" / "result"
   result = run_separate("--input", path, "--checkpoint", checkpoint, "--output", out)
@@ -151,7 +151,7 @@ def test_bad_input_one_error_line_and_no_output(name, message, media, checkpoint
   assert os.listdir(tmp_path) == []  # not even the parent it would have created
 
 
-def test_bad_checkpoint(media, checkpoint, tmp_path):
+def test_bad_checkpoint(media, checkpoint, tmp_path, run_separate):
   out = tmp_path / "result"
   cases = [(tmp_path, "not a training workdir"),
            (checkpoint, "does not fit")]
@@ -164,7 +164,8 @@ def test_bad_checkpoint(media, checkpoint, tmp_path):
     assert not out.exists()
 
 
-def test_existing_output_is_kept_unless_overwrite(media, checkpoint, tmp_path):
+def test_existing_output_is_kept_unless_overwrite(media, checkpoint, tmp_path,
+                                                  run_separate):
   out = tmp_path / "result"
   out.mkdir()
   (out / "mine.txt").write_text("keep me")

@@ -1,9 +1,8 @@
 """`python -m avsep_jax.export` on an untrained smoke checkpoint."""
 
+import functools
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,14 +19,12 @@ def checkpoint(make_checkpoint):
   return make_checkpoint("configs/2spk.py:smoke", "export_workdir")
 
 
-def run_export(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "avsep_jax.export", *map(str, args)],
-                        check=False, capture_output=True, text=True, cwd=ROOT, env=env,
-                        timeout=300)
+@pytest.fixture(name="run_export")
+def fixture_run_export(run_module):
+  return functools.partial(run_module, "avsep_jax.export")
 
 
-def test_torch_export_and_bad_checkpoints(checkpoint, tmp_path):
+def test_torch_export_and_bad_checkpoints(checkpoint, tmp_path, run_export):
   out = tmp_path / "model.safetensors"
   result = run_export("--checkpoint", checkpoint, "--format", "torch", "--output", out)
   assert result.returncode == 0, result.stderr

@@ -1,10 +1,8 @@
 """`python -m avsep_jax.stream` on an untrained causal smoke checkpoint."""
 
+import functools
 import json
-import os
 import pathlib
-import subprocess
-import sys
 import wave
 
 import jax
@@ -25,11 +23,9 @@ def stream_checkpoint(make_checkpoint):
   return make_checkpoint(config, "stream_workdir")
 
 
-def run_stream(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "avsep_jax.stream", *map(str, args)],
-                        check=False, capture_output=True, text=True, cwd=ROOT, env=env,
-                        timeout=300)
+@pytest.fixture(name="run_stream")
+def fixture_run_stream(run_module):
+  return functools.partial(run_module, "avsep_jax.stream")
 
 
 def read_wav(path):
@@ -45,7 +41,8 @@ def write_input(path, samples, seed=0):
   return mixture, video
 
 
-def test_stream_writes_the_offline_models_voices_and_latency(stream_checkpoint, tmp_path):
+def test_stream_writes_the_offline_models_voices_and_latency(stream_checkpoint,
+                                                             tmp_path, run_stream):
   mixture, video = write_input(tmp_path / "in.npz", 16_000)
   out = tmp_path / "out"
   result = run_stream("--model", stream_checkpoint, "--input", tmp_path / "in.npz",
@@ -74,7 +71,8 @@ def test_stream_writes_the_offline_models_voices_and_latency(stream_checkpoint, 
     assert np.abs(expected[slot]).max() > 1e-2
 
 
-def test_realtime_pacing_and_bad_input(stream_checkpoint, make_checkpoint, tmp_path):
+def test_realtime_pacing_and_bad_input(stream_checkpoint, make_checkpoint, tmp_path,
+                                       run_stream):
   write_input(tmp_path / "short.npz", 6_400)
   result = run_stream("--model", stream_checkpoint, "--input", tmp_path / "short.npz",
                       "--output", tmp_path / "rt")
