@@ -28,13 +28,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from avsep_jax.data import features
 from avsep_jax.data import generation
 from avsep_jax.vision import avio, pipeline, retinaface
 
-SAMPLE_RATE = 16_000
-FPS = 25
-ROI_SIZE = 88
-SPLITS = ("train", "validation", "test")
+SAMPLE_RATE, FPS, ROI_SIZE = features.SAMPLE_RATE, features.FPS, features.ROI_SIZE
+SPLITS = features.SPLITS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,15 +239,7 @@ class CorpusBuilder(generation.BeamOptionalBuilder, skip_registration=True):
         builder=self,
         description=self.__doc__,
         features=tfds.features.FeaturesDict({
-            "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16, encoding="zlib",
-                                          doc="16 kHz mono, int16"),
-            "video": tfds.features.Tensor(shape=(None, ROI_SIZE, ROI_SIZE),
-                                          dtype=np.uint8, encoding="zlib",
-                                          doc="25 fps grayscale mouth ROI"),
-            "text": tfds.features.Text(),
-            "speaker_id": tfds.features.Text(),
-            "speaker_index": tfds.features.Scalar(dtype=np.int32,
-                                                  doc="index of the speaker in its split"),
+            **features.utterance_features(),
             "clip_id": tfds.features.Text(),
             "av_offset": tfds.features.Scalar(
                 dtype=np.int32, doc="video lags audio by this many frames (0: unknown)"),

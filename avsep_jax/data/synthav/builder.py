@@ -22,18 +22,17 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from avsep_jax.data import features
 from avsep_jax.data import generation
 from avsep_jax.data.synthav import render
 from avsep_jax.data.synthav import text as text_lib
 from avsep_jax.data.synthav import tts
 from avsep_jax.data.synthav import voices
 
-SAMPLE_RATE = 16_000
-FPS = 25
-ROI_SIZE = 88
+SAMPLE_RATE, FPS, ROI_SIZE = features.SAMPLE_RATE, features.FPS, features.ROI_SIZE
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 MAX_AV_OFFSET = 2  # video frames, either direction
-SPLITS = ("train", "validation", "test")
+SPLITS = features.SPLITS
 # Held-out voices from another synthesizer; written only where Debian's flite is installed.
 FLITE_SPLIT = "test_flite"
 
@@ -164,15 +163,7 @@ class SynthAV(generation.BeamOptionalBuilder):
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({
-            "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16, encoding="zlib",
-                                          doc="16 kHz mono, int16"),
-            "video": tfds.features.Tensor(shape=(None, ROI_SIZE, ROI_SIZE),
-                                          dtype=np.uint8, encoding="zlib",
-                                          doc="25 fps grayscale mouth ROI"),
-            "text": tfds.features.Text(),
-            "speaker_id": tfds.features.Text(),
-            "speaker_index": tfds.features.Scalar(dtype=np.int32,
-                                                  doc="index of the speaker in its split"),
+            **features.utterance_features(),
             "phones": tfds.features.Sequence({
                 "phone": tfds.features.Text(),
                 "start": np.float32,
