@@ -27,6 +27,11 @@ Compiler parameters are chosen per platform because Triton's fail on TPU. The Tr
 and Mosaic lowerings are checked from a CPU host by the tests
 (`jit(...).trace(...).lower(lowering_platforms=...)`); the device compilers run only
 on the device.
+
+This module is the public wrapper: argument checks, padding, layout and the
+custom_vjp. The kernels are in `flash_forward` (output and log-sum-exp) and
+`flash_backward` (dq; dk and dv), which share their block specs and their masked
+score computation through `flash_common`.
 """
 
 import dataclasses
@@ -35,25 +40,16 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
-from jax.experimental.pallas import triton as pltriton
 
 from avsep_jax.kernels import block_ranges
+from avsep_jax.kernels import flash_backward
+from avsep_jax.kernels import flash_forward
 
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16),
                     jnp.dtype(jnp.float16))
 PLATFORMS = ("interpret", "gpu", "tpu")
 
-# Scores are kept in base 2 (exp2 is the cheap exponential on GPUs): the log-sum-exp
-# residual is log2-sum-exp2 of scale * log2(e) * q.k, and softmax probabilities are
-# unchanged.
-_LOG2_E = 1.4426950408889634
-# Finite, so a block whose keys are all masked gives exp(mask - mask) = 1 instead of
-# exp(-inf + inf) = NaN; the kernels then zero those entries explicitly.
-_MASK_VALUE = -1e30
 # Triton's dot needs every operand dimension >= 16; Mosaic TPU tiles arrays by
 # (8, 128), and key blocks are the lane dimension of the score tiles and key mask.
 _MIN_BLOCK = {"interpret": 16, "gpu": 16, "tpu": 128}
@@ -319,11 +315,11 @@ def _pad_time(x, length):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _flash(static, q, k, v, lengths, key_mask):
-  return _forward(static, q, k, v, lengths, key_mask)[0]
+  return flash_forward.forward(static, q, k, v, lengths, key_mask)[0]
 
 
 def _flash_fwd(static, q, k, v, lengths, key_mask):
-  out, lse = _forward(static, q, k, v, lengths, key_mask)
+  out, lse = flash_forward.forward(static, q, k, v, lengths, key_mask)
   return out, (q, k, v, lengths, key_mask, out, lse)
 
 
@@ -334,294 +330,10 @@ def _flash_bwd(static, residuals, d_out):
   if not static.heads_major:
     delta = delta.transpose(0, 2, 1)
   delta = delta[..., None]  # (B, H, Tq, 1) like the log-sum-exp
-  dq = _backward_dq(static, q, k, v, lengths, key_mask, d_out, lse, delta)
-  dk, dv = _backward_dkv(static, q, k, v, lengths, key_mask, d_out, lse, delta)
+  args = (static, q, k, v, lengths, key_mask, d_out, lse, delta)
+  dq = flash_backward.backward_dq(*args)
+  dk, dv = flash_backward.backward_dkv(*args)
   return dq, dk, dv, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
-
-
-# ------------------------------------------------------------------------- pallas calls
-
-
-def _forward(static, q, k, v, lengths, key_mask):
-  """(out like q, lse (B, H, Tq_pad, 1) f32, base 2); +inf marks rows that see nothing."""
-  blocks = static.blocks
-  b, h, tq_pad, tk_pad, d = _dims(static, q, k)
-  grid = (tq_pad // blocks.block_q, b, h)
-  in_specs = [_length_spec(static), _tile_spec(static, blocks.block_q, d),
-              _whole_spec(static, tk_pad, d), _whole_spec(static, tk_pad, d)]
-  args = [lengths, q, k, v]
-  if static.has_key_mask:
-    in_specs.append(_key_mask_spec(tk_pad))
-    args.append(key_mask)
-  return pl.pallas_call(
-      functools.partial(_forward_kernel, static=static),
-      grid=grid, in_specs=in_specs,
-      out_specs=[_tile_spec(static, blocks.block_q, d), _row_spec(blocks.block_q)],
-      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                 jax.ShapeDtypeStruct((b, h, tq_pad, 1), jnp.float32)],
-      interpret=static.interpret, compiler_params=_compiler_params(static, d),
-      name="flash_attention_forward")(*args)
-
-
-def _backward_dq(static, q, k, v, lengths, key_mask, d_out, lse, delta):
-  blocks = static.blocks
-  b, h, tq_pad, tk_pad, d = _dims(static, q, k)
-  bq = blocks.block_q_dq
-  in_specs = [_length_spec(static), _tile_spec(static, bq, d),
-              _whole_spec(static, tk_pad, d), _whole_spec(static, tk_pad, d)]
-  args = [lengths, q, k, v]
-  if static.has_key_mask:
-    in_specs.append(_key_mask_spec(tk_pad))
-    args.append(key_mask)
-  in_specs += [_tile_spec(static, bq, d), _row_spec(bq), _row_spec(bq)]
-  args += [d_out, lse, delta]
-  return pl.pallas_call(
-      functools.partial(_dq_kernel, static=static),
-      grid=(tq_pad // bq, b, h), in_specs=in_specs,
-      out_specs=_tile_spec(static, bq, d),
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      interpret=static.interpret, compiler_params=_compiler_params(static, d),
-      name="flash_attention_dq")(*args)
-
-
-def _backward_dkv(static, q, k, v, lengths, key_mask, d_out, lse, delta):
-  blocks = static.blocks
-  b, h, tq_pad, tk_pad, d = _dims(static, q, k)
-  bk = blocks.block_k_dkv
-  in_specs = [_length_spec(static), _whole_spec(static, tq_pad, d),
-              _tile_spec(static, bk, d), _tile_spec(static, bk, d)]
-  args = [lengths, q, k, v]
-  if static.has_key_mask:
-    in_specs.append(_key_mask_spec(tk_pad))
-    args.append(key_mask)
-  in_specs += [_whole_spec(static, tq_pad, d), _whole_row_spec(tq_pad),
-               _whole_row_spec(tq_pad)]
-  args += [d_out, lse, delta]
-  return pl.pallas_call(
-      functools.partial(_dkv_kernel, static=static),
-      grid=(tk_pad // bk, b, h), in_specs=in_specs,
-      out_specs=[_tile_spec(static, bk, d), _tile_spec(static, bk, d)],
-      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
-                 jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      interpret=static.interpret, compiler_params=_compiler_params(static, d),
-      name="flash_attention_dkv")(*args)
-
-
-def _dims(static, q, k):
-  """(B, H, Tq_pad, Tk_pad, D) whatever the layout."""
-  if static.heads_major:
-    b, h, tq, d = q.shape
-    return b, h, tq, k.shape[2], d
-  b, tq, h, d = q.shape
-  return b, h, tq, k.shape[1], d
-
-
-# The grid is (sequence block, batch, head) in every kernel.
-
-
-def _tile_spec(static, block, d):
-  """One (block, D) tile of a (B, T, H, D) or (B, H, T, D) array."""
-  if static.heads_major:
-    return pl.BlockSpec((None, None, block, d), lambda i, b, h: (b, h, i, 0))
-  return pl.BlockSpec((None, block, None, d), lambda i, b, h: (b, i, h, 0))
-
-
-def _whole_spec(static, length, d):
-  """The whole (T, D) sequence of one batch element and head; the kernel slices it."""
-  if static.heads_major:
-    return pl.BlockSpec((None, None, length, d), lambda i, b, h: (b, h, 0, 0))
-  return pl.BlockSpec((None, length, None, d), lambda i, b, h: (b, 0, h, 0))
-
-
-# Per-row statistics are (B, H, T, 1) columns and the key mask is (B, 1, Tk) rows: the
-# shapes they broadcast in, and ones Mosaic TPU can tile (a squeezed second-minor
-# dimension would count as 1, which is not a multiple of 8).
-
-
-def _row_spec(block):
-  """One (block, 1) block of a (B, H, T, 1) per-row statistic."""
-  return pl.BlockSpec((None, None, block, 1), lambda i, b, h: (b, h, i, 0))
-
-
-def _whole_row_spec(length):
-  return pl.BlockSpec((None, None, length, 1), lambda i, b, h: (b, h, 0, 0))
-
-
-def _key_mask_spec(length):
-  return pl.BlockSpec((None, 1, length), lambda i, b, h: (b, 0, 0))
-
-
-def _length_spec(static):
-  """This example's key length: a scalar block, or on TPU the whole (B,) in SMEM."""
-  if static.platform == "tpu":
-    return pl.BlockSpec(memory_space=pltpu.SMEM)
-  return pl.BlockSpec((None,), lambda i, b, h: (b,))
-
-
-def _load_length(length_ref):
-  if length_ref.shape == ():
-    return length_ref[()]
-  return length_ref[pl.program_id(1)]
-
-
-def _compiler_params(static, d):
-  if static.interpret:
-    return None
-  if static.platform == "gpu":
-    warps = static.blocks.num_warps or (4 if d <= 64 else 8)
-    return pltriton.CompilerParams(num_warps=warps,
-                                   num_stages=static.blocks.num_stages)
-  if static.platform == "tpu":
-    return pltpu.CompilerParams(dimension_semantics=("parallel",) * 3)
-  return None
-
-
-# ------------------------------------------------------------------------- kernel bodies
-
-
-def _dot(a, b, contract_a, contract_b):
-  """2-D matmul with float32 accumulation; float32 inputs get full (not TF32) precision."""
-  precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
-  return lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())),
-                         precision=precision, preferred_element_type=jnp.float32)
-
-
-def _visible(static, q_start, k_start, block_q, block_k, key_length, key_mask_ref):
-  """(block_q, block_k) bool: which keys of a tile each query row sees."""
-  rows = q_start + lax.broadcasted_iota(jnp.int32, (block_q, block_k), 0)
-  cols = k_start + lax.broadcasted_iota(jnp.int32, (block_q, block_k), 1)
-  ok = cols < key_length
-  if static.band.left is not None:
-    ok &= cols >= rows - static.band.left
-  if static.band.right is not None:
-    ok &= cols <= rows + static.band.right
-  if key_mask_ref is not None:
-    ok &= key_mask_ref[:, pl.ds(k_start, block_k)] != 0
-  return ok
-
-
-def _loop(static, ranges, body, carry):
-  """Runs `body(j, carry, masked)` over [lo, hi), unmasked over [full_lo, full_hi)."""
-  lo, full_lo, full_hi, hi = ranges
-  if static.has_key_mask:  # no block is known to be fully visible
-    return lax.fori_loop(lo, hi, functools.partial(body, masked=True), carry)
-  carry = lax.fori_loop(lo, full_lo, functools.partial(body, masked=True), carry)
-  carry = lax.fori_loop(full_lo, full_hi, functools.partial(body, masked=False), carry)
-  return lax.fori_loop(full_hi, hi, functools.partial(body, masked=True), carry)
-
-
-def _split_refs(static, refs):
-  """(key_mask_ref or None, remaining refs) from the refs after lengths, q, k, v."""
-  if static.has_key_mask:
-    return refs[0], refs[1:]
-  return None, refs
-
-
-def _forward_kernel(length_ref, q_ref, k_ref, v_ref, *refs, static):
-  key_mask_ref, (out_ref, lse_ref) = _split_refs(static, refs)
-  bq, bk = static.blocks.block_q, static.blocks.block_k
-  q_block = pl.program_id(0)
-  q_start = q_block * bq
-  key_length = _load_length(length_ref)
-  q = q_ref[...]
-  ranges = block_ranges.key_block_range(
-      q_block, key_length, block_q=bq, block_k=bk, q_len=static.q_len,
-      k_len=static.k_len, band=static.band)
-
-  def body(j, carry, masked):
-    acc, row_max, row_sum = carry
-    k_start = pl.multiple_of(j * bk, bk)
-    k = k_ref[pl.ds(k_start, bk), :]
-    v = v_ref[pl.ds(k_start, bk), :]
-    s = _dot(q, k, 1, 1) * (static.scale * _LOG2_E)
-    if masked:
-      visible = _visible(static, q_start, k_start, bq, bk, key_length, key_mask_ref)
-      s = jnp.where(visible, s, _MASK_VALUE)
-    new_max = jnp.maximum(row_max, jnp.max(s, axis=1))
-    p = jnp.exp2(s - new_max[:, None])
-    if masked:  # a row masked so far has new_max == _MASK_VALUE and p == 1
-      p = jnp.where(visible, p, 0.0)
-    correction = jnp.exp2(row_max - new_max)
-    row_sum = correction * row_sum + jnp.sum(p, axis=1)
-    acc = acc * correction[:, None] + _dot(p.astype(v.dtype), v, 1, 0)
-    return acc, new_max, row_sum
-
-  d = q.shape[-1]
-  carry = (jnp.zeros((bq, d), jnp.float32), jnp.full((bq,), -jnp.inf, jnp.float32),
-           jnp.zeros((bq,), jnp.float32))
-  acc, row_max, row_sum = _loop(static, ranges, body, carry)
-  seen = row_sum > 0
-  inverse = jnp.where(seen, 1.0 / jnp.where(seen, row_sum, 1.0), 0.0)
-  out_ref[...] = (acc * inverse[:, None]).astype(out_ref.dtype)
-  # +inf makes the backward's exp2(s - lse) exactly 0 on rows that see nothing.
-  lse = jnp.where(seen, row_max + jnp.log2(jnp.where(seen, row_sum, 1.0)), jnp.inf)
-  lse_ref[...] = lse[:, None]
-
-
-def _dq_kernel(length_ref, q_ref, k_ref, v_ref, *refs, static):
-  key_mask_ref, (do_ref, lse_ref, delta_ref, dq_ref) = _split_refs(static, refs)
-  bq, bk = static.blocks.block_q_dq, static.blocks.block_k_dq
-  q_block = pl.program_id(0)
-  q_start = q_block * bq
-  key_length = _load_length(length_ref)
-  q, d_out = q_ref[...], do_ref[...]
-  lse, delta = lse_ref[...], delta_ref[...]
-  ranges = block_ranges.key_block_range(
-      q_block, key_length, block_q=bq, block_k=bk, q_len=static.q_len,
-      k_len=static.k_len, band=static.band)
-
-  def body(j, dq, masked):
-    k_start = pl.multiple_of(j * bk, bk)
-    k = k_ref[pl.ds(k_start, bk), :]
-    v = v_ref[pl.ds(k_start, bk), :]
-    s = _dot(q, k, 1, 1) * (static.scale * _LOG2_E)
-    if masked:  # exp2(_MASK_VALUE - lse) == 0, since lse >= every visible score
-      s = jnp.where(
-          _visible(static, q_start, k_start, bq, bk, key_length, key_mask_ref),
-          s, _MASK_VALUE)
-    p = jnp.exp2(s - lse)
-    dp = _dot(d_out, v, 1, 1)
-    ds = p * (dp - delta)
-    return dq + _dot(ds.astype(k.dtype), k, 1, 0)
-
-  dq = _loop(static, ranges, body, jnp.zeros(q.shape, jnp.float32))
-  dq_ref[...] = (dq * static.scale).astype(dq_ref.dtype)
-
-
-def _dkv_kernel(length_ref, q_ref, k_ref, v_ref, *refs, static):
-  key_mask_ref, (do_ref, lse_ref, delta_ref, dk_ref, dv_ref) = _split_refs(static, refs)
-  bq, bk = static.blocks.block_q_dkv, static.blocks.block_k_dkv
-  k_block = pl.program_id(0)
-  k_start = k_block * bk
-  key_length = _load_length(length_ref)
-  k, v = k_ref[...], v_ref[...]
-  ranges = block_ranges.query_block_range(
-      k_block, key_length, block_q=bq, block_k=bk, q_len=static.q_len,
-      k_len=static.k_len, band=static.band)
-
-  def body(i, carry, masked):
-    dk, dv = carry
-    q_start = pl.multiple_of(i * bq, bq)
-    q = q_ref[pl.ds(q_start, bq), :]
-    d_out = do_ref[pl.ds(q_start, bq), :]
-    lse = lse_ref[pl.ds(q_start, bq), :]
-    delta = delta_ref[pl.ds(q_start, bq), :]
-    s = _dot(q, k, 1, 1) * (static.scale * _LOG2_E)
-    if masked:
-      s = jnp.where(
-          _visible(static, q_start, k_start, bq, bk, key_length, key_mask_ref),
-          s, _MASK_VALUE)
-    p = jnp.exp2(s - lse)
-    dv = dv + _dot(p.astype(d_out.dtype), d_out, 0, 0)
-    dp = _dot(d_out, v, 1, 1)
-    ds = p * (dp - delta)
-    dk = dk + _dot(ds.astype(q.dtype), q, 0, 0)
-    return dk, dv
-
-  zeros = jnp.zeros(k.shape, jnp.float32)
-  dk, dv = _loop(static, ranges, body, (zeros, zeros))
-  dk_ref[...] = (dk * static.scale).astype(dk_ref.dtype)
-  dv_ref[...] = dv.astype(dv_ref.dtype)
