@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from avsep_jax.export import torch_blocks as tb
 from avsep_jax.export import torch_model as tm
 
 FORMAT_TAG = "avsep_jax.export.torch_model/1"
@@ -63,22 +64,22 @@ def _rules(mod):
     return rules
   if isinstance(mod, nn.LayerNorm):
     return [("weight", "scale", ident, ident), ("bias", "bias", ident, ident)]
-  if isinstance(mod, tm.Conv2dSame):
+  if isinstance(mod, tb.Conv2dSame):
     # (kh, kw, in, out) <-> (out, in, kh, kw)
     rules = [("weight", "kernel", lambda k: k.transpose(3, 2, 0, 1),
               lambda w, shape: w.transpose(2, 3, 1, 0))]
     if mod.bias is not None:
       rules.append(("bias", "bias", ident, ident))
     return rules
-  if isinstance(mod, tm.DepthwiseConv):
+  if isinstance(mod, tb.DepthwiseConv):
     # (kh, kw, 1, C) <-> (C, 1, kh, kw)
     return [("weight", "kernel", lambda k: k.transpose(3, 2, 0, 1),
              lambda w, shape: w.transpose(2, 3, 1, 0))]
-  if isinstance(mod, tm.FramesConv3D):
+  if isinstance(mod, tb.FramesConv3D):
     # (kt, kh, kw, 1, F) <-> (F, 1, kt, kh, kw)
     return [("weight", "kernel", lambda k: k.transpose(4, 3, 0, 1, 2),
              lambda w, shape: w.transpose(2, 3, 4, 1, 0))]
-  if isinstance(mod, tm.PReLU):
+  if isinstance(mod, tb.PReLU):
     return [("negative_slope", "negative_slope", lambda s: s.reshape(()),
              lambda s, shape: s.reshape(shape))]
   return []
@@ -167,11 +168,11 @@ def _flax_shapes(model):
     if isinstance(mod, nn.Linear) and f_path[-1] == "kernel":
       # A pointwise conv keeps nn.Conv's (1, 1, in, out) kernel.
       parent = model.get_submodule(mod_name.rpartition(".")[0]) if "." in mod_name else None
-      if isinstance(parent, tm.ConvNormAct):
+      if isinstance(parent, tb.ConvNormAct):
         shapes[f_path] = (1, 1, p.shape[1], p.shape[0])
       else:
         shapes[f_path] = (p.shape[1], p.shape[0])
-    elif isinstance(mod, tm.PReLU):
+    elif isinstance(mod, tb.PReLU):
       shapes[f_path] = ()
     else:
       shapes[f_path] = None

@@ -9,7 +9,7 @@ tuples of tensors, so a module exports to ONNX with the state as graph inputs an
 outputs (`reads`, `writes`: the names, in argument and result order).
 
 Written for export: no complex dtype, no torch.stft (the STFT is a strided conv1d
-against windowed DFT bases, the inverse a conv_transpose1d, as in torch_model.py),
+against windowed DFT bases, the inverse a conv_transpose1d, as in torch_signal.py),
 attention masks built in the graph from the `samples` / `video_frames` counters, and
 caches of fixed size updated by concat + slice.
 
@@ -24,10 +24,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from avsep_jax.export import torch_blocks as tb
 from avsep_jax.export import torch_model as tm
+from avsep_jax.export import torch_signal as ts
+from avsep_jax.signal.stft import steady_window_sum
 from avsep_jax.stream import driver
 
-_FILL = tm._MASK_FILL
+_FILL = tb._MASK_FILL
 
 
 # ------------------------------------------------------------------------------ state
@@ -176,7 +179,7 @@ class VideoStep(nn.Module):
     # The causal stem's newest output frame reads exactly these kt frames.
     stem = self.visual.stem3d
     _, kh, kw = self.kernel
-    ph, pw = tm._same_pads(h, kh, 2), tm._same_pads(w, kw, 2)
+    ph, pw = tb._same_pads(h, kh, 2), tb._same_pads(w, kw, 2)
     y = F.pad(frames.reshape(b * s, 1, *frames.shape[2:]), (pw[0], pw[1], ph[0], ph[1]))
     y = F.conv3d(y, stem.conv.weight, stride=(1, 2, 2))[:, :, 0].permute(0, 2, 3, 1)
     y = stem.prelu(stem.ln(y))
@@ -234,7 +237,7 @@ class AudioStep(nn.Module):
     # Every sample at or after the stream's start lies under the same window positions:
     # the squared-window normaliser is periodic in the hop (`step._overlap_add`).
     # (steady_window_sum's phase counts from the frame's start, ours from the window's.)
-    norm = np.roll(tm.steady_window_sum(n_fft, win, hop), -left)
+    norm = np.roll(steady_window_sum(n_fft, win, hop), -left)
     self.register_buffer("norm", torch.tensor(np.tile(norm, self.hops)), persistent=False)
 
     names = lambda stem, n: [f"{stem}_{i}" for i in range(n)]
@@ -287,7 +290,7 @@ class AudioStep(nn.Module):
     new["phase"] = torch.atan2(last_im, torch.where(zero, torch.ones_like(last_re),
                                                     last_re))
     if self.phase_features:
-      c, s = tm._unit_phase(re, im)
+      c, s = ts._unit_phase(re, im)
       c_prev = torch.cat([torch.cos(state["phase"])[:, None], c[:, :-1]], dim=1)
       s_prev = torch.cat([torch.sin(state["phase"])[:, None], s[:, :-1]], dim=1)
       feats += [c * c_prev + s * s_prev, s * c_prev - c * s_prev]
@@ -297,9 +300,9 @@ class AudioStep(nn.Module):
       new[f"cnn_{i}"] = x[:, -2:]
       conv = getattr(enc.cnn, f"conv_{i}")
       h = x.permute(0, 3, 1, 2)
-      pw = tm._same_pads(h.shape[3], 3, 2)
+      pw = tb._same_pads(h.shape[3], 3, 2)
       h = F.conv2d(F.pad(h, (pw[0], pw[1])), conv.weight, conv.bias, stride=(1, 2))
-      x = tm._gelu(getattr(enc.cnn, f"ln_{i}")(h.permute(0, 2, 3, 1)))
+      x = tb._gelu(getattr(enc.cnn, f"ln_{i}")(h.permute(0, 2, 3, 1)))
     x = enc.proj(x.flatten(2))
     for i in range(self.audio_layers):
       x, new[f"audio_kv_{i}"] = _self_block(getattr(enc.transformer, f"block_{i}"), x,

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from avsep_jax.export import convert
-from avsep_jax.export import torch_model
+from avsep_jax.export import torch_alignment
+from avsep_jax.export import torch_signal
 from avsep_jax.model import AVSeparator, model_config
 from avsep_jax.model import alignment
 from avsep_jax.model import variants
@@ -69,7 +70,7 @@ def test_soft_dtw_alignment_matches_jax(n, m, band):
   # row and one column; integer slopes (8/8, 8/4) put cells exactly on the band's edge.
   cost = np.random.default_rng(n * m).uniform(0, 2, (2, 3, n, m)).astype(np.float32)
   want_value, want = alignment.soft_dtw_alignment(jnp.asarray(cost), 0.1, band)
-  value, got = torch_model.soft_dtw_alignment(torch.from_numpy(cost), 0.1, band)
+  value, got = torch_alignment.soft_dtw_alignment(torch.from_numpy(cost), 0.1, band)
   np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=0, atol=1e-5)
   np.testing.assert_allclose(value.numpy(), np.asarray(want_value), rtol=1e-6, atol=0)
   # Off the band the alignment is exactly zero, and each row has mass.
@@ -84,7 +85,7 @@ def test_soft_dtw_backward_is_the_gradient():
   # than the JAX comparison's, where float32 rounding alone reaches ~1e-5.
   cost = torch.from_numpy(np.random.default_rng(7).uniform(0, 2, (3, 60, 15)))
   cost.requires_grad_(True)
-  value, expected = torch_model.soft_dtw_alignment(cost, 0.1, 3)
+  value, expected = torch_alignment.soft_dtw_alignment(cost, 0.1, 3)
   (grad,) = torch.autograd.grad(value.sum(), cost)
   np.testing.assert_allclose(expected.detach().numpy(), grad.numpy(), rtol=0, atol=1e-12)
 
@@ -119,13 +120,13 @@ def test_stft_istft_match_signal(scale, causal):
   rng = np.random.default_rng(3)
   x = rng.standard_normal((2, 5_001)).astype(np.float32)
   want = np.asarray(signal.stft(x, *scale, causal=causal))
-  re, im = torch_model.STFT(*scale, causal=causal)(torch.from_numpy(x))
+  re, im = torch_signal.STFT(*scale, causal=causal)(torch.from_numpy(x))
   np.testing.assert_allclose(re.numpy(), want.real, atol=2e-4)
   np.testing.assert_allclose(im.numpy(), want.imag, atol=2e-4)
   spec = want * rng.uniform(0, 1, want.shape).astype(np.float32)
   back = np.asarray(signal.istft(spec, *scale, length=5_001, causal=causal))
-  got = torch_model.ISTFT(*scale, causal=causal)(torch.from_numpy(spec.real.copy()),
-                                  torch.from_numpy(spec.imag.copy()), 5_001)
+  got = torch_signal.ISTFT(*scale, causal=causal)(
+      torch.from_numpy(spec.real.copy()), torch.from_numpy(spec.imag.copy()), 5_001)
   np.testing.assert_allclose(got.numpy(), back, rtol=0, atol=1e-5)
 
 
