@@ -1,7 +1,8 @@
 r"""The weights that ship with the code: one trained model in one safetensors file.
 
 `python -m avsep_jax.separate` (through `separate.load_model(None)`) uses `DEFAULT`
-when no checkpoint is given, so a new user separates a video with no training.
+when no checkpoint is given, so a new user separates a video with no training;
+`python -m avsep_jax.stream` uses `DEFAULT_STREAM`, a causal model, when it is present.
 
 The file holds the parameters (float32, flattened to 'a/b/c' names) and, in its
 metadata, the run's config (JSON) and a card: where the weights come from, the command
@@ -30,6 +31,8 @@ from avsep_jax.data import pipeline
 FORMAT_TAG = "avsep_jax.pretrained/1"
 DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                        "lite_6spk.safetensors")
+# The causal (`configs/6spk.py:stream`) model for `python -m avsep_jax.stream`.
+DEFAULT_STREAM = os.path.join(os.path.dirname(DEFAULT), "stream_6spk.safetensors")
 
 # The reference mixtures: 2 speakers of SynthAV tiny's test split (held-out voices,
 # the same utterances on every machine), 2 s each, as in training.

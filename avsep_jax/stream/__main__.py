@@ -1,12 +1,14 @@
 r"""Streams a recording through a causal model and reports end-to-end latency.
 
-  python -m avsep_jax.stream --model PATH --input VIDEO_OR_NPZ --output DIR \
+  python -m avsep_jax.stream [--model PATH] --input VIDEO_OR_NPZ --output DIR \
       [--no-realtime] [--step_ms 20] [--which best|latest] [--config FILE.py:variant] \
       [--overwrite]
 
---model is a training workdir of a causal model (`configs/*.py:stream`, run in JAX) or
-a directory written by `python -m avsep_jax.export --format stream` (run by
-onnxruntime). --input is a video with sound (faces are tracked as in `separate`) or an
+--model is a training workdir of a causal model (`configs/*.py:stream`, run in JAX), a
+weights file of `python -m avsep_jax.pretrained` holding one (run in JAX), or a
+directory written by `python -m avsep_jax.export --format stream` (run by
+onnxruntime); without it, the causal weights that ship with the code
+(`avsep_jax.pretrained.DEFAULT_STREAM`) when present. --input is a video with sound (faces are tracked as in `separate`) or an
 .npz with `mixture` (T,) float at 16 kHz, `video` (S, F, 88, 88) uint8 mouth ROIs at
 25 fps and optionally `speaker_mask` (S,) bool.
 
@@ -29,6 +31,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
+from avsep_jax import pretrained
 from avsep_jax import separate
 from avsep_jax.stream import driver
 from avsep_jax.stream import engine
@@ -37,7 +40,17 @@ from avsep_jax.vision import pipeline
 
 
 def load_streamer(path, step_ms, which="best", config_arg=None):
-  """A JAX `Streamer` for a training workdir, an `OnnxStreamer` for an export."""
+  """A JAX `Streamer` for a training workdir or a weights file, an `OnnxStreamer` for
+  an export; path None: the shipped causal weights."""
+  if path is None:
+    if not os.path.isfile(pretrained.DEFAULT_STREAM):
+      raise ValueError(f"no causal weights ship with the code yet "
+                       f"({pretrained.DEFAULT_STREAM}); pass --model: a workdir of "
+                       f"configs/6spk.py:stream or its export")
+    path = pretrained.DEFAULT_STREAM
+  if path.endswith(".safetensors") and os.path.isfile(path):
+    loaded = separate.load_shipped(path)
+    return engine.Streamer(loaded.config.model, loaded.params, step_ms=step_ms)
   if os.path.isdir(os.path.join(path, "checkpoints")) or os.path.basename(
       os.path.normpath(path)) == "checkpoints":
     loaded = separate.load_model(path, which, config_arg)
@@ -45,8 +58,9 @@ def load_streamer(path, step_ms, which="best", config_arg=None):
   if os.path.isdir(path) and any(f.endswith(".onnx") for f in os.listdir(path)):
     from avsep_jax.stream import onnx_engine  # pylint: disable=g-import-not-at-top
     return onnx_engine.OnnxStreamer(path)
-  raise ValueError(f"--model {path} is neither a training workdir (with checkpoints/) "
-                   f"nor a directory from `python -m avsep_jax.export --format stream`")
+  raise ValueError(f"--model {path} is neither a training workdir (with checkpoints/), "
+                   f"a weights file of `python -m avsep_jax.pretrained` nor a directory "
+                   f"from `python -m avsep_jax.export --format stream`")
 
 
 def load_input(path, num_slots, roi_size):
@@ -99,7 +113,7 @@ def run(args):
         on_step=lambda _: bar.update())
   voices = out[0, :, delay:delay + len(mixture)] / gain
   report = {
-      "model": os.path.abspath(args.model), "input": os.path.abspath(args.input),
+      "model": os.path.abspath(args.model or pretrained.DEFAULT_STREAM), "input": os.path.abspath(args.input),
       "realtime": not args.no_realtime, "steps": steps,
       "step_ms": 1000 * step / cfg.sample_rate,
       "overlap_add_delay_ms": 1000 * delay / cfg.sample_rate, "lookahead_ms": 0.0,
@@ -131,7 +145,9 @@ def run(args):
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m avsep_jax.stream",
                                    description=__doc__.splitlines()[0])
-  parser.add_argument("--model", required=True)
+  parser.add_argument("--model", default=None,
+                      help="training workdir, weights file or stream export; default: "
+                      "the shipped causal weights")
   parser.add_argument("--input", required=True)
   parser.add_argument("--output", required=True)
   parser.add_argument("--no-realtime", "--no_realtime", dest="no_realtime",

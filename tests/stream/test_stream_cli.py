@@ -1,6 +1,7 @@
 """`python -m avsep_jax.stream` on an untrained causal smoke checkpoint."""
 
 import functools
+import importlib
 import json
 import pathlib
 import wave
@@ -9,11 +10,13 @@ import jax
 import numpy as np
 import pytest
 
+from avsep_jax import pretrained
 from avsep_jax import separate
 from avsep_jax.model import AVSeparator
 from avsep_jax.model import variants
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+stream_main = importlib.import_module("avsep_jax.stream.__main__")
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +101,18 @@ def test_realtime_pacing_and_bad_input(stream_checkpoint, make_checkpoint, tmp_p
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and message in last, last
     assert not (tmp_path / "bad").exists()
+
+
+def test_weights_files_stream_and_the_missing_default_is_explained(
+    stream_checkpoint, tmp_path, monkeypatch):
+  loaded = separate.load_model(stream_checkpoint)
+  path = str(tmp_path / "stream.safetensors")
+  pretrained.save(path, loaded.params, loaded.config,
+                  {"step": loaded.step, "params_key": loaded.params_key})
+  want = stream_main.load_streamer(stream_checkpoint, 20.0).model_id  # config + weights
+  assert stream_main.load_streamer(path, 20.0).model_id == want
+  monkeypatch.setattr(pretrained, "DEFAULT_STREAM", path)
+  assert stream_main.load_streamer(None, 20.0).model_id == want
+  monkeypatch.setattr(pretrained, "DEFAULT_STREAM", str(tmp_path / "absent.safetensors"))
+  with pytest.raises(ValueError, match="no causal weights ship with the code yet"):
+    stream_main.load_streamer(None, 20.0)
