@@ -19,8 +19,8 @@ run from its latest checkpoint), until `--hours` are spent: then the running tra
 SIGTERM, saves, and the next invocation continues. A run that reached `--steps` is
 tested once (`--mode=evaluate`, best validation checkpoint, every speaker count) and its
 JSON kept in `<root>/<run>/eval/`. Every invocation ends with the table of what is
-tested so far (SI-SNRi and SI-SNRi under the best slot assignment per speaker count,
-mean ± 95 % interval) and, with `--plot`, a bar chart.
+tested so far (SI-SNRi, SI-SNRi under the best slot assignment and SDRi per speaker
+count, mean ± 95 % interval) and, with `--plot`, a bar chart.
 """
 
 import glob
@@ -139,26 +139,30 @@ def advance(name, deadline):
   return True
 
 
+# Rows of the table per run: (summary key, label).
+METRICS = (("si_snri", "SI-SNRi"), ("si_snri_pit", "SI-SNRi, best assignment"),
+           ("sdri", "SDRi"))
+
+
 def table(names):
-  """Markdown rows of every tested run: SI-SNRi (best assignment) per speaker count."""
+  """Markdown rows of every tested run: each metric's mean ± 95 % interval per speaker
+  count, and the results by run."""
   counts = [str(n) for n in range(2, 7)]
-  lines = ["| run | step | " + " | ".join(f"{n} spk SI-SNRi (PIT) dB" for n in counts)
-           + " |", "| --- | ---: | " + " | ".join("---:" for _ in counts) + " |"]
+  lines = ["| run | step | metric (dB) | " + " | ".join(f"{n} spk" for n in counts)
+           + " |", "| --- | ---: | --- | " + " | ".join("---:" for _ in counts) + " |"]
   results = {}
   for name in names:
     tested = test_json(os.path.join(_ROOT.value, name))
     if tested is None:
       continue
     results[name] = tested
-    cells = []
-    for n in counts:
-      stats = tested["summary"].get(n)
-      if not stats:
-        cells.append("–")
-        continue
-      si, pit = stats["si_snri"], stats.get("si_snri_pit", stats["si_snri"])
-      cells.append(f"{si['mean']:.2f} ± {si['ci95']:.2f} ({pit['mean']:.2f})")
-    lines.append(f"| {RUNS[name][3]} | {tested['step']} | " + " | ".join(cells) + " |")
+    for key, label in METRICS:
+      cells = []
+      for n in counts:
+        stats = tested["summary"].get(n, {}).get(key)
+        cells.append(f"{stats['mean']:.2f} ± {stats['ci95']:.2f}" if stats else "–")
+      lines.append(f"| {RUNS[name][3]} | {tested['step']} | {label} | "
+                   + " | ".join(cells) + " |")
   return "\n".join(lines), results
 
 
