@@ -1,9 +1,12 @@
 """Orbax checkpoints of the train state together with the grain iterator state.
 
-Keeps the last `keep` steps and the best by validation SI-SNRi; restores the newest step
-that reads back, reporting damaged ones, so a crash mid-save costs one interval.
+Keeps the last `keep` steps and the best by a validation metric (SI-SNRi, or SI-SNRi
+under the best slot assignment for models whose slot order is arbitrary); restores the
+newest step that reads back, reporting damaged ones, so a crash mid-save costs one
+interval.
 """
 
+import functools
 import logging
 import math
 import os
@@ -14,47 +17,52 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def _si_snri(metrics):
+def _score(metrics, metric):
   # Steps saved between evaluations carry no score: they rank below every scored
   # step, so BestN can let them go (it keeps steps it cannot rank otherwise).
-  return metrics.get("si_snri", -math.inf)
+  return metrics.get(metric, -math.inf)
 
 
-def manager(directory, *, keep: int, save_every: int, async_save: bool = True):
-  """A CheckpointManager keeping the `keep` newest steps and the best by SI-SNRi.
+def manager(directory, *, keep: int, save_every: int, async_save: bool = True,
+            metric: str = "si_snri"):
+  """A CheckpointManager keeping the `keep` newest steps and the best by `metric`.
 
-  `best_step()` is the step with the highest validation SI-SNRi (None before any
-  evaluation); `best_fn` is what makes Orbax record each step's metrics.
+  `metric` is a key of the metrics `save` stores: 'si_snri', or 'si_snri_pit' for a
+  model whose slot order is arbitrary (the audio-only baseline). `best_step()` is the
+  step where it is highest (None before any evaluation); `best_fn` is what makes Orbax
+  record each step's metrics.
   """
+  score = functools.partial(_score, metric=metric)
   # With best_fn alone, max_to_keep keeps the best N and can delete the newest step;
   # this policy keeps both.
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(keep),
-      ocp.checkpoint_managers.BestN(get_metric_fn=_si_snri, n=1),
+      ocp.checkpoint_managers.BestN(get_metric_fn=score, n=1),
   ])
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_every, preservation_policy=policy,
-      best_fn=_si_snri, best_mode="max", enable_async_checkpointing=async_save)
+      best_fn=score, best_mode="max", enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(directory, options=options)
 
 
-def choose_step(mngr, which="best"):
-  """(step, which) of the best-scored step, or of the newest when `which` is 'latest'
-  or no step was scored (runs shorter than one evaluation); (None, which) if empty."""
+def choose_step(mngr, which="best", metric="si_snri"):
+  """(step, which) of the step where `metric` is highest, or of the newest when `which`
+  is 'latest' or no step has that metric (runs shorter than one evaluation, or saved
+  before the metric was stored); (None, which) if empty."""
   steps = sorted(mngr.all_steps())
   if not steps:
     return None, which
   if which == "best":
-    scored = [(m["si_snri"], s) for s in steps
-              if isinstance(m := mngr.metrics(s), dict) and "si_snri" in m]
+    scored = [(m[metric], s) for s in steps
+              if isinstance(m := mngr.metrics(s), dict) and metric in m]
     if scored:
       return max(scored)[1], "best"
   return steps[-1], "latest"
 
 
 def save(mngr, step, state, data_iter, *, metrics=None, force=False):
-  """Saves state + iterator position (+ {"si_snri": dB} when evaluated); returns
-  whether a save started."""
+  """Saves state + iterator position (+ validation metrics, {"si_snri": dB,
+  "si_snri_pit": dB}, when evaluated); returns whether a save started."""
   return mngr.save(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardSave(state),

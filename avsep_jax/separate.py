@@ -146,11 +146,12 @@ class LoadedModel:
     return int(self.config.model.num_speakers)
 
 
-def _choose_step(ckpt_dir, which):
-  """(step, which) of the step with the best validation SI-SNRi, or the newest step."""
-  mngr = checkpoints.manager(ckpt_dir, keep=1 << 30, save_every=1, async_save=False)
+def _choose_step(ckpt_dir, which, metric):
+  """(step, which) of the step with the best validation `metric`, or the newest."""
+  mngr = checkpoints.manager(ckpt_dir, keep=1 << 30, save_every=1, async_save=False,
+                             metric=metric)
   try:
-    step, which = checkpoints.choose_step(mngr, which)
+    step, which = checkpoints.choose_step(mngr, which, metric)
     if step is None:
       raise CheckpointError(f"no checkpoint steps in {ckpt_dir}")
     return step, which
@@ -209,7 +210,8 @@ def load_model(checkpoint, which="best", config_arg=None):
     return load_shipped()
   workdir, ckpt_dir = checkpoint_paths(checkpoint)
   config, config_source = load_config(workdir, config_arg)
-  step, which = _choose_step(ckpt_dir, which)
+  # Runs from before `best_metric` existed ranked their steps by SI-SNRi.
+  step, which = _choose_step(ckpt_dir, which, config.get("best_metric", "si_snri"))
   path = os.path.join(ckpt_dir, str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
   try:

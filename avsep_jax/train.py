@@ -356,7 +356,8 @@ def fit(config, workdir, data_dir, batch_sharding, state, abstract, train_step, 
   # ----------------------------------------------------------------- Checkpoint
   ckpt_dir = os.path.join(workdir, "checkpoints")
   mngr = checkpoints.manager(ckpt_dir, keep=config.get("keep_checkpoints", 3),
-                             save_every=config.checkpoint_every_steps)
+                             save_every=config.checkpoint_every_steps,
+                             metric=config.best_metric)
   start, restored, train_iter = checkpoints.restore_latest(mngr, abstract, make_train_iter)
   if restored is not None:
     state = restored
@@ -416,15 +417,16 @@ def fit(config, workdir, data_dir, batch_sharding, state, abstract, train_step, 
       summary = None
       if step % config.eval_every_steps == 0 or step == config.total_steps:
         summary = evaluate(step)
-        bar.write(f"step {step}: validation SI-SNRi "
-                  f"{summary['all']['si_snri']['mean']:.2f} dB")
+        scores = summary["all"]
+        bar.write(f"step {step}: validation SI-SNRi {scores['si_snri']['mean']:.2f} dB"
+                  f" ({scores['si_snri_pit']['mean']:.2f} under the best assignment)")
       if stop["sigterm"]:
         checkpoints.save(mngr, step, state, train_iter, force=True)
         mngr.wait_until_finished()
         bar.write(f"SIGTERM: saved step {step} in {ckpt_dir}; exiting")
         return state
-      metrics_for_ckpt = ({"si_snri": summary["all"]["si_snri"]["mean"]}
-                          if summary else None)
+      metrics_for_ckpt = ({k: summary["all"][k]["mean"]
+                           for k in ("si_snri", "si_snri_pit")} if summary else None)
       checkpoints.save(mngr, step, state, train_iter, metrics=metrics_for_ckpt,
                        force=step == config.total_steps)
     return state
@@ -458,8 +460,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
   _, abstract, shardings = create_train_state(config, model, optimizer, mesh, rules)
   mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"), keep=1 << 30,
-                             save_every=1)
-  step, which = checkpoints.choose_step(mngr, which)
+                             save_every=1, metric=config.best_metric)
+  step, which = checkpoints.choose_step(mngr, which, config.best_metric)
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints to evaluate")
   key = "ema_params" if config.ema_decay else "params"

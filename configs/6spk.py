@@ -47,6 +47,9 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   config.stft_loss_weight = 0.1        # multi-resolution STFT loss, added to -SI-SNR
   config.activity_loss_weight = 1.0    # per-frame speech activity from the lips alone
   config.pit_weight = 0.0              # share of -SI-SNR under the best slot assignment
+  # The validation metric that picks the best checkpoint ('si_snri_pit': SI-SNRi under
+  # the best slot assignment, for models whose slot order is arbitrary).
+  config.best_metric = "si_snri"
   # Diagnostic, with model.decoder.activity_cue: the decoder's slot cue is the true
   # per-frame activity of each source (train and validation), not the lips' estimate.
   config.oracle_cue = False
@@ -78,6 +81,7 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
       # Nothing ties a voice to a slot: the loss takes the best assignment, and there
       # are no lips for the activity loss or cue.
       config.pit_weight = 1.0
+      config.best_metric = "si_snri_pit"
       config.activity_loss_weight = 0.0
       config.oracle_cue_steps = 0
   elif variant == "smoke":

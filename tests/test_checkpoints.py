@@ -1,4 +1,5 @@
-"""Checkpoint retention: the newest `keep` steps and the best by SI-SNRi survive."""
+"""Checkpoint retention: the newest `keep` steps and the best by a validation metric
+(SI-SNRi, or SI-SNRi under the best slot assignment) survive."""
 
 import grain
 import numpy as np
@@ -34,4 +35,21 @@ def test_unscored_run_falls_back_to_latest(tmp_path):
     checkpoints.save(mngr, step, {"x": np.zeros(2, np.float32)}, it)
   mngr.wait_until_finished()
   assert checkpoints.choose_step(mngr, "best") == (2, "latest")
+  mngr.close()
+
+
+def test_best_by_the_best_assignment_metric(tmp_path):
+  """A model whose slot order is arbitrary (audio only) ranks by si_snri_pit: the step
+  best by plain SI-SNRi is let go."""
+  mngr = checkpoints.manager(str(tmp_path), keep=1, save_every=1, async_save=False,
+                             metric="si_snri_pit")
+  scores = {1: (0.5, 0.6), 2: (-0.2, 2.0), 3: (0.1, 1.0), 4: (-0.5, 0.3)}
+  it = iter(grain.MapDataset.range(10).to_iter_dataset())
+  for step, (plain, pit) in scores.items():
+    checkpoints.save(mngr, step, {"x": np.zeros(2, np.float32)}, it,
+                     metrics={"si_snri": plain, "si_snri_pit": pit})
+  mngr.wait_until_finished()
+  assert sorted(mngr.all_steps()) == [2, 4]
+  assert checkpoints.choose_step(mngr, "best", "si_snri_pit") == (2, "best")
+  assert checkpoints.choose_step(mngr, "best", "si_snr") == (4, "latest")  # not stored
   mngr.close()
