@@ -9,6 +9,8 @@ Runs (`RUNS`; all with the same CPU recipe, `RECIPE`, and step budget):
   lite, stream, audio_only   2..6 speakers (configs/6spk.py): the model, its causal
                              form, and the same model without video (PIT), so the value
                              of the lips is a measured difference;
+  lite_griffin_lim           lite's weights with Griffin-Lim instead of the mixture
+                             phase (evaluated only);
   lite2, lite2_interpolate,  2 speakers (configs/2spk.py): the ablations: soft-DTW vs
   lite2_audio_only,          interpolation alignment (SynthAV's stored audio-video
   lite2_griffin_lim          offsets are in the data), no video, and Griffin-Lim instead
@@ -56,6 +58,8 @@ RUNS = {
     "stream": ("configs/6spk.py:stream", (), None, "stream (causal), 2..6 speakers"),
     "audio_only": ("configs/6spk.py:audio_only", (), None,
                    "audio only (PIT), 2..6 speakers"),
+    "lite_griffin_lim": ("configs/6spk.py:lite", ("--config.model.phase=griffin_lim",),
+                         "lite", "lite's weights, Griffin-Lim phase"),
     "lite2": ("configs/2spk.py:lite", (), None, "lite, 2 speakers (soft-DTW)"),
     "lite2_interpolate": ("configs/2spk.py:lite",
                           ("--config.model.fusion.alignment=interpolate",), None,
@@ -188,6 +192,8 @@ def plot(results, path):
   ax.axhline(0, color="k", lw=0.5)
   ax.set_xticks(np.arange(len(counts)) + 0.4 - width / 2, [f"{n} speakers" for n in counts])
   ax.set_ylabel("test SI-SNRi (dB)")
+  ax.set_title("SynthAV test split, mean ± 95 % interval (audio only: best slot "
+               "assignment)", fontsize=8)
   ax.legend(fontsize=7)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -2,7 +2,7 @@ r"""Makes the shipped weights' file from a training workdir, scored and describe
 
   python -m avsep_jax.pretrained --checkpoint=WORKDIR --data_dir=DIR \
       [--which=best] [--test_json=WORKDIR/eval/test_best_<step>.json] \
-      [--output=avsep_jax/pretrained/lite_6spk.safetensors]
+      [--output=avsep_jax/pretrained/lite_6spk.safetensors] [--trained_by="COMMAND"]
 
 Restores the checkpoint's parameters (`separate.load_model`), scores them on the
 reference mixtures (`pretrained.reference_mixtures`; SynthAV tiny is built under DIR
@@ -15,6 +15,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import sys
 
 import numpy as np
@@ -36,6 +37,8 @@ def main(argv=None):
   parser.add_argument("--test_json", default=None,
                       help="the run's eval/test_*.json, copied into the card")
   parser.add_argument("--output", default=pretrained.DEFAULT)
+  parser.add_argument("--trained_by", default=None,
+                      help="the command that trained the checkpoint, for the card")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.ERROR)
 
@@ -46,12 +49,12 @@ def main(argv=None):
   n = len(scores)
   card = {
       "source": {"workdir": os.path.basename(os.path.normpath(args.checkpoint)),
-                 "config": loaded.config_source and os.path.basename(
-                     loaded.config_source), "step": loaded.step, "which": loaded.which},
+                 "trained_by": args.trained_by, "step": loaded.step,
+                 "which": loaded.which},
       "step": loaded.step,
       "params_key": loaded.params_key,
       "made": datetime.date.today().isoformat(),
-      "command": "python -m avsep_jax.pretrained " + " ".join(argv or sys.argv[1:]),
+      "command": "python -m avsep_jax.pretrained " + shlex.join(argv or sys.argv[1:]),
       "reference": {
           "what": (f"mean SI-SNRi (dB) over {n} fixed {pretrained.REFERENCE_SPEAKERS}-"
                    f"speaker mixtures of {pretrained.REFERENCE_DATASET}'s test split, "
