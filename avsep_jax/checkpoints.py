@@ -7,6 +7,7 @@ interval.
 """
 
 import functools
+import json
 import logging
 import math
 import os
@@ -14,7 +15,23 @@ import os
 import flax
 import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
+
+
+def config_from_json(text):
+  """The ConfigDict a run's `config.json` (or a weights file's config) holds.
+
+  JSON has no tuples, so its lists come back as the tuples the config files use
+  (shapes such as `mesh_shape` and `channels` are tuples there).
+  """
+  def as_tuples(x):
+    if isinstance(x, list):
+      return tuple(as_tuples(v) for v in x)
+    if isinstance(x, dict):
+      return {k: as_tuples(v) for k, v in x.items()}
+    return x
+  return ml_collections.ConfigDict(as_tuples(json.loads(text)))
 
 
 def _score(metrics, metric):

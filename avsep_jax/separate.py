@@ -37,7 +37,6 @@ import tempfile
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import tqdm
@@ -61,15 +60,6 @@ class CheckpointError(ValueError):
 
 
 # --------------------------------------------------------------------------- Config
-
-
-def _as_tuples(x):
-  """JSON lists back to the tuples the config files use."""
-  if isinstance(x, list):
-    return tuple(_as_tuples(v) for v in x)
-  if isinstance(x, dict):
-    return {k: _as_tuples(v) for k, v in x.items()}
-  return x
 
 
 def load_config(workdir, config_arg=None):
@@ -98,7 +88,7 @@ def load_config(workdir, config_arg=None):
         f"run's config with --config=configs/<file>.py[:variant]")
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(_as_tuples(json.load(f))), path
+      return checkpoints.config_from_json(f.read()), path
   except (OSError, ValueError) as e:
     raise CheckpointError(f"cannot read {path}: {e}") from e
 

@@ -53,3 +53,13 @@ def test_best_by_the_best_assignment_metric(tmp_path):
   assert checkpoints.choose_step(mngr, "best", "si_snri_pit") == (2, "best")
   assert checkpoints.choose_step(mngr, "best", "si_snr") == (4, "latest")  # not stored
   mngr.close()
+
+
+def test_config_round_trips_through_json_with_its_tuples():
+  """A run's config.json (as main.py writes it) reads back equal to the config file's,
+  tuples included (the model's shapes, the mesh)."""
+  from avsep_jax import separate
+  config, _ = separate.load_config(None, "configs/6spk.py:lite")
+  back = checkpoints.config_from_json(config.to_json_best_effort())
+  assert back.to_dict() == config.to_dict()
+  assert isinstance(back.mesh_shape, tuple)

@@ -21,10 +21,10 @@ import json
 import os
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from avsep_jax import checkpoints
 from avsep_jax import signal
 from avsep_jax.data import pipeline
 
@@ -75,18 +75,9 @@ def load(path=DEFAULT):
   if meta.get("format") != FORMAT_TAG:
     raise ValueError(f"{path} is not a file of avsep_jax.pretrained (format "
                      f"{meta.get('format')!r}, want {FORMAT_TAG!r})")
-  config = ml_collections.ConfigDict(_as_tuples(json.loads(meta["config"])))
+  config = checkpoints.config_from_json(meta["config"])
   params = traverse_util.unflatten_dict(load_file(path), sep="/")
   return config, params, json.loads(meta["card"])
-
-
-def _as_tuples(x):
-  """JSON lists back to the tuples the config files use."""
-  if isinstance(x, list):
-    return tuple(_as_tuples(v) for v in x)
-  if isinstance(x, dict):
-    return {k: _as_tuples(v) for k, v in x.items()}
-  return x
 
 
 def reference_mixtures(data_dir, slots, count=REFERENCE_COUNT):
