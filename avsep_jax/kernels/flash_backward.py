@@ -24,13 +24,10 @@ def backward_dq(static, q, k, v, lengths, key_mask, d_out, lse, delta):
   blocks = static.blocks
   b, h, tq_pad, tk_pad, d = common.dims(static, q, k)
   bq = blocks.block_q_dq
-  in_specs = [common.length_spec(static), common.tile_spec(static, bq, d),
-              common.whole_spec(static, tk_pad, d),
-              common.whole_spec(static, tk_pad, d)]
-  args = [lengths, q, k, v]
-  if static.has_key_mask:
-    in_specs.append(common.key_mask_spec(tk_pad))
-    args.append(key_mask)
+  in_specs, args = common.leading_inputs(
+      static, (common.tile_spec(static, bq, d), common.whole_spec(static, tk_pad, d),
+               common.whole_spec(static, tk_pad, d)),
+      tk_pad, lengths, q, k, v, key_mask)
   in_specs += [common.tile_spec(static, bq, d), common.row_spec(bq),
                common.row_spec(bq)]
   args += [d_out, lse, delta]
@@ -48,12 +45,10 @@ def backward_dkv(static, q, k, v, lengths, key_mask, d_out, lse, delta):
   blocks = static.blocks
   b, h, tq_pad, tk_pad, d = common.dims(static, q, k)
   bk = blocks.block_k_dkv
-  in_specs = [common.length_spec(static), common.whole_spec(static, tq_pad, d),
-              common.tile_spec(static, bk, d), common.tile_spec(static, bk, d)]
-  args = [lengths, q, k, v]
-  if static.has_key_mask:
-    in_specs.append(common.key_mask_spec(tk_pad))
-    args.append(key_mask)
+  in_specs, args = common.leading_inputs(
+      static, (common.whole_spec(static, tq_pad, d), common.tile_spec(static, bk, d),
+               common.tile_spec(static, bk, d)),
+      tk_pad, lengths, q, k, v, key_mask)
   in_specs += [common.whole_spec(static, tq_pad, d), common.whole_row_spec(tq_pad),
                common.whole_row_spec(tq_pad)]
   args += [d_out, lse, delta]

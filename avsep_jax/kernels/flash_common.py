@@ -153,6 +153,18 @@ def loop(static, ranges, body, carry):
   return lax.fori_loop(full_hi, hi, functools.partial(body, masked=True), carry)
 
 
+def leading_inputs(static, qkv_specs, tk_pad, lengths, q, k, v, key_mask):
+  """(in_specs, args) of the inputs every kernel reads first: lengths, q, k, v (with
+  `qkv_specs`, tiled or whole by kernel) and the (B, 1, Tk_pad) key mask when there is
+  one; `split_refs` takes them apart again inside the kernel."""
+  in_specs = [length_spec(static), *qkv_specs]
+  args = [lengths, q, k, v]
+  if static.has_key_mask:
+    in_specs.append(key_mask_spec(tk_pad))
+    args.append(key_mask)
+  return in_specs, args
+
+
 def split_refs(static, refs):
   """(key_mask_ref or None, remaining refs) from the refs after lengths, q, k, v."""
   if static.has_key_mask:

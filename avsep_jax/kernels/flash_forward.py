@@ -21,13 +21,10 @@ def forward(static, q, k, v, lengths, key_mask):
   blocks = static.blocks
   b, h, tq_pad, tk_pad, d = common.dims(static, q, k)
   grid = (tq_pad // blocks.block_q, b, h)
-  in_specs = [common.length_spec(static), common.tile_spec(static, blocks.block_q, d),
-              common.whole_spec(static, tk_pad, d),
-              common.whole_spec(static, tk_pad, d)]
-  args = [lengths, q, k, v]
-  if static.has_key_mask:
-    in_specs.append(common.key_mask_spec(tk_pad))
-    args.append(key_mask)
+  in_specs, args = common.leading_inputs(
+      static, (common.tile_spec(static, blocks.block_q, d),
+               common.whole_spec(static, tk_pad, d), common.whole_spec(static, tk_pad, d)),
+      tk_pad, lengths, q, k, v, key_mask)
   return pl.pallas_call(
       functools.partial(_forward_kernel, static=static),
       grid=grid, in_specs=in_specs,
