@@ -50,7 +50,8 @@ def test_smoke_model_overfits_one_batch(tiny_data_dir, causal):
     return float(np.mean(signal.si_snr(out, host_batch["sources"])))
 
   before = si_snr_now(state.params)
-  for _ in range(60):
+  # 30 steps give +5.4 dB (+6.4 causal) on this batch; 60 would give +6.0 (+8.3).
+  for _ in range(30):
     state, metrics = step(state, batch)
   after = si_snr_now(state.params)
   assert np.isfinite(float(metrics["loss"]))
