@@ -387,9 +387,9 @@ def _with_times(track_summary, fps):
   return s
 
 
-def build_summary(faces, loaded, args, chunk_frames, overlap_frames, num_chunks, gain,
-                  files):
-  """The JSON document describing one separation."""
+def build_summary(faces, loaded, args, chunk_frames, starts, gain, files):
+  """The JSON document describing one separation; `starts` are the chunks' first
+  frames, `chunk_frames` their length."""
   base = faces.summary()
   tracks = []
   for t in base["tracks"]:
@@ -407,8 +407,10 @@ def build_summary(faces, loaded, args, chunk_frames, overlap_frames, num_chunks,
       "frames": faces.num_frames,
       "duration_s": base["duration_s"],
       "frame_size": base["frame_size"],
-      "chunks": {"count": num_chunks, "frames": min(chunk_frames, faces.num_frames),
-                 "overlap_frames": overlap_frames},
+      # The least overlap used: at least the one asked for, 0 with a single chunk.
+      "chunks": {"count": len(starts), "frames": chunk_frames,
+                 "overlap_frames": min((a + chunk_frames - b
+                                        for a, b in zip(starts, starts[1:])), default=0)},
       "input_gain": round(gain, 4),
       "tracks": tracks,
       "dropped_tracks": [_with_times(t, faces.fps) for t in base["dropped_tracks"]],
@@ -493,8 +495,8 @@ def run(args):
 
   gain = level_gain(faces.audio)
   separate_fn = make_separate_fn(loaded)
-  starts = chunk_starts(faces.num_frames, min(chunk_frames, faces.num_frames),
-                        overlap_frames)
+  chunk_frames = min(chunk_frames, faces.num_frames)
+  starts = chunk_starts(faces.num_frames, chunk_frames, overlap_frames)
   present = np.stack([t.present for t in faces.tracks])
   with tqdm.tqdm(total=len(starts), unit="chunk", desc="separate", disable=None,
                  dynamic_ncols=True) as bar:
@@ -518,8 +520,7 @@ def run(args):
         name = f"speaker_{slot}.mp4"
         write_speaker_mp4(os.path.join(tmp, name), args.input, voice, fps, sample_rate)
         files[slot]["mp4"] = name
-    summary = build_summary(faces, loaded, args, chunk_frames, overlap_frames,
-                            len(starts), gain, files)
+    summary = build_summary(faces, loaded, args, chunk_frames, starts, gain, files)
     with open(os.path.join(tmp, SUMMARY_FILE), "w") as f:
       json.dump(summary, f, indent=2)
   print(f"wrote {out.path}: " + ", ".join(

@@ -99,6 +99,7 @@ def test_two_faces_give_two_wavs_a_summary_and_mp4s(media, checkpoint, tmp_path,
   assert summary["sample_rate"] == 16_000 and summary["fps"] == 25
   assert summary["checkpoint"]["step"] == 0 and summary["model_slots"] == 2
   assert summary["chunks"]["count"] >= 2  # > 1 s of video in 1 s chunks
+  assert summary["chunks"]["frames"] == 25 and summary["chunks"]["overlap_frames"] >= 10
   assert [t["slot"] for t in summary["tracks"]] == [0, 1]
   assert summary["dropped_tracks"] == []
   # The two faces: one in each half of the frame.
@@ -127,6 +128,8 @@ def test_more_faces_than_slots_keeps_the_most_visible(media, checkpoint, tmp_pat
   assert "dropped track" in result.stdout
   summary = json.loads((out / "summary.json").read_text())
   assert len(summary["tracks"]) == 2 and len(summary["dropped_tracks"]) == 1
+  # Shorter than one 6 s chunk: one chunk of the whole video, nothing overlaps.
+  assert summary["chunks"] == {"count": 1, "frames": summary["frames"], "overlap_frames": 0}
   dropped = summary["dropped_tracks"][0]
   assert dropped["last_frame"] == 19 and dropped["mean_box"][0] > 2 * SIDE
   assert sorted(p.name for p in out.glob("*.wav")) == ["speaker_0.wav", "speaker_1.wav"]
