@@ -15,11 +15,12 @@ from avsep_jax import separate
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _readme_figure():
-  """The reference SI-SNRi that README.md quotes for the shipped weights."""
+def _readme_figure(name):
+  """The reference SI-SNRi that README.md quotes for the shipped weights `name`."""
   text = (ROOT / "README.md").read_text()
-  found = re.search(r"reference mixtures: \*\*(-?\d+\.\d+) dB\*\*", text)
-  assert found, "README.md quotes no reference figure for the shipped weights"
+  found = re.search(rf"`{name}` on the reference mixtures: \*\*(-?\d+\.\d+) dB\*\*",
+                    text)
+  assert found, f"README.md quotes no reference figure for {name}"
   return float(found.group(1))
 
 
@@ -36,11 +37,17 @@ def _fast_bss_eval_si_snri(estimates, mixtures):
   return np.bincount(n, per_speaker) / np.bincount(n)
 
 
-def test_shipped_weights_separate_as_readme_says(tiny_data_dir):
-  assert os.path.getsize(pretrained.DEFAULT) <= 50e6
-  loaded = separate.load_model(None)  # what `separate` runs without --checkpoint
+@pytest.mark.parametrize("path", [pretrained.DEFAULT, pretrained.DEFAULT_STREAM],
+                         ids=["lite", "stream"])
+def test_shipped_weights_separate_as_readme_says(tiny_data_dir, path):
+  assert os.path.getsize(path) <= 50e6
+  if path == pretrained.DEFAULT:
+    loaded = separate.load_model(None)  # what `separate` runs without --checkpoint
+  else:  # what `stream` runs without --model, here on whole mixtures (the same outputs)
+    loaded = separate.load_shipped(path)
+    assert loaded.config.model.causal
   assert loaded.which == "shipped" and loaded.num_slots == 6
-  _, _, card = pretrained.load()
+  _, _, card = pretrained.load(path)
   mixtures = pretrained.reference_mixtures(tiny_data_dir, loaded.num_slots)
   count = pretrained.REFERENCE_COUNT
   assert mixtures["speaker_mask"].sum(axis=1).tolist() == [2] * count
@@ -50,7 +57,7 @@ def test_shipped_weights_separate_as_readme_says(tiny_data_dir):
                   mixtures["speaker_mask"][i:i + 4])
       for i in range(0, count, 4)])
   scores = _fast_bss_eval_si_snri(estimates, mixtures)
-  assert abs(scores.mean() - _readme_figure()) <= 1.5
+  assert abs(scores.mean() - _readme_figure(os.path.basename(path).split(".")[0])) <= 1.5
   # The same weights on the same mixtures: only float rounding may differ.
   np.testing.assert_allclose(scores, card["reference"]["per_mixture"], atol=0.05)
 

@@ -105,6 +105,9 @@ def test_realtime_pacing_and_bad_input(stream_checkpoint, make_checkpoint, tmp_p
 
 def test_weights_files_stream_and_the_missing_default_is_explained(
     stream_checkpoint, tmp_path, monkeypatch):
+  # The causal weights in the repository stream without --model.
+  shipped = stream_main.load_streamer(None, 20.0)
+  assert shipped.config.causal and shipped.config.num_speakers == 6
   loaded = separate.load_model(stream_checkpoint)
   path = str(tmp_path / "stream.safetensors")
   pretrained.save(path, loaded.params, loaded.config,
