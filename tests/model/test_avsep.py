@@ -43,7 +43,9 @@ def jitted_apply(**overrides):
   return jax.jit(smoke(**overrides).apply)
 
 
-@pytest.mark.parametrize("speakers", [1, 2, 3, 4, 5, 6])
+# One slot, the fewest a mixture has, the most: each count is a compile (~20 s), and
+# 4 slots run in the padded-slot test below.
+@pytest.mark.parametrize("speakers", [1, 2, 6])
 def test_output_shapes_for_each_speaker_count(speakers):
   mixture, video, mask = make_inputs(2, speakers)
   out, aux = jitted_apply()(smoke_params(), mixture, video, mask)
