@@ -11,10 +11,9 @@ Runs (`RUNS`; all with the same CPU recipe, `RECIPE`, and step budget):
                              of the lips is a measured difference;
   lite_griffin_lim           lite's weights with Griffin-Lim instead of the mixture
                              phase (evaluated only);
-  lite2, lite2_interpolate,  2 speakers (configs/2spk.py): the ablations: soft-DTW vs
-  lite2_audio_only,          interpolation alignment (SynthAV's stored audio-video
-  lite2_griffin_lim          offsets are in the data), no video, and Griffin-Lim instead
-                             of the mixture phase (lite2's weights, evaluated only).
+  lite_interpolate           lite with linear interpolation instead of soft-DTW as the
+                             video-to-audio alignment (SynthAV stores audio-video
+                             offsets of up to +-2 frames in its data).
 
 Each invocation trains the runs in order, each up to `--steps` (the trainer resumes a
 run from its latest checkpoint), until `--hours` are spent: then the running trainer gets
@@ -60,14 +59,9 @@ RUNS = {
                    "audio only (PIT), 2..6 speakers"),
     "lite_griffin_lim": ("configs/6spk.py:lite", ("--config.model.phase=griffin_lim",),
                          "lite", "lite's weights, Griffin-Lim phase"),
-    "lite2": ("configs/2spk.py:lite", (), None, "lite, 2 speakers (soft-DTW)"),
-    "lite2_interpolate": ("configs/2spk.py:lite",
-                          ("--config.model.fusion.alignment=interpolate",), None,
-                          "lite, 2 speakers, interpolation alignment"),
-    "lite2_audio_only": ("configs/2spk.py:audio_only", (), None,
-                         "audio only (PIT), 2 speakers"),
-    "lite2_griffin_lim": ("configs/2spk.py:lite", ("--config.model.phase=griffin_lim",),
-                          "lite2", "lite2's weights, Griffin-Lim phase"),
+    "lite_interpolate": ("configs/6spk.py:lite",
+                         ("--config.model.fusion.alignment=interpolate",), None,
+                         "lite, interpolation alignment, 2..6 speakers"),
 }
 
 
