@@ -269,8 +269,8 @@ def make_separate_fn(loaded):
   return lambda mixture, video, mask: np.asarray(apply(params, mixture, video, mask))
 
 
-def separate_chunks(separate_fn, audio, rois, present, num_slots, chunk_frames,
-                    overlap_frames, samples_per_frame, progress=None):
+def separate_chunks(separate_fn, audio, rois, present, num_slots, starts, chunk,
+                    samples_per_frame, progress=None):
   """Separates a whole soundtrack chunk by chunk.
 
   Args:
@@ -280,7 +280,8 @@ def separate_chunks(separate_fn, audio, rois, present, num_slots, chunk_frames,
     present: (N, F) bool, where each track's face is in the video; a chunk's slot is
       masked out when its face is absent throughout the chunk.
     num_slots: the model's speaker slots (N are used, the rest masked).
-    chunk_frames, overlap_frames: chunk length and least overlap, in video frames.
+    starts: first frames of the chunks, `chunk_starts(F, chunk, overlap)`.
+    chunk: chunk length in video frames, at most F.
     samples_per_frame: 640 at 16 kHz / 25 fps.
     progress: optional callable receiving 1 per chunk.
 
@@ -288,8 +289,6 @@ def separate_chunks(separate_fn, audio, rois, present, num_slots, chunk_frames,
     (N, F * samples_per_frame) float32 voices.
   """
   n, num_frames = rois.shape[:2]
-  chunk = min(chunk_frames, num_frames)
-  starts = chunk_starts(num_frames, chunk, overlap_frames)
   out = np.zeros((n, num_frames * samples_per_frame), np.float32)
   total = np.zeros(num_frames * samples_per_frame, np.float32)
   length = chunk * samples_per_frame
@@ -501,8 +500,8 @@ def run(args):
   with tqdm.tqdm(total=len(starts), unit="chunk", desc="separate", disable=None,
                  dynamic_ncols=True) as bar:
     voices = separate_chunks(separate_fn, faces.audio * gain, faces.rois, present,
-                             loaded.num_slots, chunk_frames, overlap_frames,
-                             samples_per_frame, progress=bar.update)
+                             loaded.num_slots, starts, chunk_frames, samples_per_frame,
+                             progress=bar.update)
   voices /= gain
   peak = float(np.abs(voices).max()) if voices.size else 0.0
   if peak > 0.99:  # one gain for all voices keeps their balance

@@ -191,10 +191,11 @@ def test_chunks_crossfade_back_to_the_input():
     calls.append(video.shape)
     return np.repeat(mixture[:, None], video.shape[1], axis=1)
 
-  out = separate.separate_chunks(identity, audio, rois, present, 3, 20, 6, spf)
+  starts = separate.chunk_starts(frames, 20, 6)
+  assert starts == [0, 14, 28, 37]
+  out = separate.separate_chunks(identity, audio, rois, present, 3, starts, 20, spf)
   assert out.shape == (2, frames * spf)
   np.testing.assert_allclose(out, np.stack([audio, audio]), rtol=1e-5, atol=1e-5)
-  assert separate.chunk_starts(frames, 20, 6) == [0, 14, 28, 37]
   assert set(calls) == {(1, 3, 20, 8, 8)}  # one shape: one compiled program
 
 
