@@ -7,6 +7,11 @@ own and with the other speaker's per-frame activity, and the validation cross-en
 of a logistic regression on hand-made mouth features (darkness and motion of the mouth
 region, +/- 3 frames) against the activity targets the trainer's lip-activity loss
 uses, beside a constant predictor. A baseline for that loss.
+
+On single validation utterances, where the bound on any lip cue comes from: how closely
+the rendered mouth opening measured from pixels follows the articulation track it was
+drawn from, and how closely that track follows the audio's per-frame activity, without
+and with the audio-video offset SynthAV stores.
 """
 
 from absl import app
@@ -16,11 +21,14 @@ import numpy as np
 
 from avsep_jax import signal
 from avsep_jax.data import pipeline
+from avsep_jax.data import sources
+from avsep_jax.data.synthav import render
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "/tmp/tfds", "TFDS data directory.")
 _DATASET = flags.DEFINE_string("dataset", "synthav/small", "Dataset name.")
 _TRAIN = flags.DEFINE_integer("train_examples", 256, "Mixtures to fit on.")
 _VAL = flags.DEFINE_integer("val_examples", 64, "Validation mixtures.")
+_UTTERANCES = flags.DEFINE_integer("utterances", 40, "Validation utterances to correlate.")
 
 _SHIFTS = range(-3, 4)
 _FRAME = 640  # samples per video frame at 16 kHz / 25 fps
@@ -46,12 +54,38 @@ def features(split, count):
   return np.concatenate(xs), np.concatenate(ys)
 
 
+def utterance_correlations(count):
+  """Mean correlations over `count` validation utterances: (pixels vs the track drawn,
+  track without offset vs audio activity, track as drawn (with offset) vs activity)."""
+  source, _ = sources.open_split(_DATASET.value, "validation", _DATA_DIR.value)
+  pixels, plain, shifted = [], [], []
+  for i in range(min(count, len(source))):
+    r = source[i]
+    frames = r["video"].shape[0]
+    phones = list(zip([p.decode() if isinstance(p, bytes) else p
+                       for p in r["phones"]["phone"]],
+                      r["phones"]["start"], r["phones"]["end"]))
+    drawn = render.expected_opening(phones, frames, offset_frames=int(r["av_offset"]))
+    track = render.expected_opening(phones, frames)
+    audio = np.asarray(r["audio"], np.float32)
+    activity = np.asarray(signal.activity_targets(jnp.asarray(audio), _FRAME))
+    f = min(frames, len(activity))
+    pixels.append(np.corrcoef(render.mouth_opening(r["video"]), drawn)[0, 1])
+    plain.append(np.corrcoef(track[:f], activity[:f])[0, 1])
+    shifted.append(np.corrcoef(drawn[:f], activity[:f])[0, 1])
+  return tuple(float(np.nanmean(c)) for c in (pixels, plain, shifted))
+
+
 def cross_entropy(z, y):
   return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
 
 
 def main(argv):
   del argv
+  pixels, plain, shifted = utterance_correlations(_UTTERANCES.value)
+  print(f"{_UTTERANCES.value} validation utterances: mouth opening from pixels vs the "
+        f"track drawn: corr {pixels:.2f}; track vs audio activity: corr {plain:.2f}, "
+        f"{shifted:.2f} with the stored audio-video offset")
   x_train, y_train = features("train", _TRAIN.value)
   x_val, y_val = features("validation", _VAL.value)
 
