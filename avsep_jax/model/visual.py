@@ -30,7 +30,8 @@ class FramesAsChannelsConv3D(nn.Module):
 
   The kt frames around each frame become kt input channels of one 2-D conv: the same
   result and parameter as `nn.Conv(features, (kt, kh, kw))` with stride 1 in time, but
-  XLA's CPU backend runs this about eight times faster than its one-channel 3-D conv.
+  XLA's CPU backend runs this 12x (forward + kernel gradient) to 25x (forward) faster
+  than its one-channel 3-D conv (experiments/benchmarks/conv_forms.py).
   `causal` pads time with kt - 1 past frames instead (an output frame reads no later
   frame).
   """
@@ -65,7 +66,8 @@ class FramesAsChannelsConv3D(nn.Module):
 class PointwiseConv(nn.Module):
   """A 1x1 (x1) convolution as a matmul over channels, with nn.Conv's parameter.
 
-  XLA's CPU backend runs the matmul about four times faster than the convolution.
+  XLA's CPU backend runs the matmul 2x (forward) to 2.7x (forward + backward) faster
+  than the convolution (experiments/benchmarks/conv_forms.py).
   """
 
   features: int

@@ -74,7 +74,7 @@ class MobileNetV2(nn.Module):
     def conv_bn(h, features, kernel, name, bn_name, strides=1, padding="VALID",
                 depthwise=False, act=True):
       if depthwise:
-        # Nine shifted products: XLA's CPU backend runs grouped convs ~6x slower.
+        # Nine shifted products: XLA's CPU backend runs grouped convs 9-34x slower.
         h = layers.DepthwiseConv((3, 3), (strides, strides),
                                  _PAD_S2 if strides == 2 else _PAD_SAME3,
                                  dtype=dt, name=name)(h)
