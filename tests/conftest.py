@@ -13,6 +13,18 @@ from avsep_jax.data.synthav import builder as builder_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+# Files whose tests take minutes (`make test` prints them under --durations). They run
+# first: xdist hands tests out in collection order, and a minutes-long test collected
+# near the end keeps one worker busy after the other has run out of work.
+LONG_FIRST = ("test_multiprocess.py", "test_distill.py", "test_train.py",
+              "test_learning.py")
+
+
+def pytest_collection_modifyitems(items):
+  """Longest files first (a stable sort: each file keeps its own order)."""
+  rank = {name: i for i, name in enumerate(LONG_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))
+
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory, worker_id):
