@@ -139,9 +139,9 @@ def grouped_conv(strides, padding):
   return fn
 
 
-def shifted_products(strides, padding):
-  """The project's depthwise form, `layers.DepthwiseConv`, with the given kernel."""
-  module = layers.DepthwiseConv((3, 3), strides, padding)
+def with_kernel(module):
+  """The project's form: fn(x, kernel) applying `module` with `kernel` as its one
+  parameter."""
   return lambda x, kernel: module.apply({"params": {"kernel": kernel}}, x)
 
 
@@ -156,7 +156,6 @@ def stem_case(cfg, n, frames, size, rng, repeats, input_grad):
     return jax.lax.conv_general_dilated(
         x, kernel, strides, "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
 
-  module = visual.FramesAsChannelsConv3D(c, kernel_shape, strides)
   out_elems = n * frames * (size // 2) ** 2 * c
   flops = 2 * out_elems * int(np.prod(kernel_shape))
   kt, kh, kw = kernel_shape
@@ -165,7 +164,8 @@ def stem_case(cfg, n, frames, size, rng, repeats, input_grad):
     shape += ", bwd: kernel only"
   return compare("lite stem3d", shape, x, kernel, (
       ("3-D conv_general_dilated", conv3d),
-      ("2-D over stacked frames", lambda x, k: module.apply({"params": {"kernel": k}}, x)),
+      ("2-D over stacked frames",
+       with_kernel(visual.FramesAsChannelsConv3D(c, kernel_shape, strides))),
   ), flops, repeats, argnums=(0, 1) if input_grad else (1,))
 
 
@@ -174,12 +174,13 @@ def depthwise_case(case, n, hw, c, stride, padding, rng, repeats):
   x = jnp.asarray(rng.standard_normal((n,) + hw + (c,)), jnp.float32)
   kernel = jnp.asarray(0.3 * rng.standard_normal((3, 3, 1, c)), jnp.float32)
   strides = (stride, stride)
-  out = jax.eval_shape(shifted_products(strides, padding), x, kernel)
+  shifted_products = with_kernel(layers.DepthwiseConv((3, 3), strides, padding))
+  out = jax.eval_shape(shifted_products, x, kernel)
   flops = 2 * int(np.prod(out.shape)) * 9
   shape = f"({n}, {hw[0]}, {hw[1]}, {c}), 3x3 dw, /{stride}"
   return compare(case, shape, x, kernel, (
       ("grouped conv_general_dilated", grouped_conv(strides, padding)),
-      ("shifted products", shifted_products(strides, padding)),
+      ("shifted products", shifted_products),
   ), flops, repeats)
 
 
@@ -193,12 +194,11 @@ def pointwise_case(case, n, hw, c_in, c_out, rng, repeats):
     return jax.lax.conv_general_dilated(
         x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-  module = visual.PointwiseConv(c_out)
   flops = 2 * n * hw[0] * hw[1] * c_out * c_in
   shape = f"({n}, {hw[0]}, {hw[1]}, {c_in}), 1x1, {c_in}->{c_out}"
   return compare(case, shape, x, kernel, (
       ("conv_general_dilated", conv1x1),
-      ("einsum", lambda x, k: module.apply({"params": {"kernel": k}}, x)),
+      ("einsum", with_kernel(visual.PointwiseConv(c_out))),
   ), flops, repeats)
 
 
