@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from avsep_jax import parallel
-from avsep_jax import separate
+from avsep_jax import loading
 from avsep_jax import signal
 from avsep_jax import train
 from avsep_jax.model import AVSeparator
@@ -235,14 +235,14 @@ def load_teacher(config, mesh, rules) -> Teacher:
   workdir, config_arg = config.teacher_workdir, config.get("teacher_config")
   try:
     if not config_arg:
-      root, _ = separate.checkpoint_paths(workdir)
+      root, _ = loading.checkpoint_paths(workdir)
       if not os.path.isfile(os.path.join(root, "config.json")):
-        raise separate.CheckpointError(
+        raise loading.CheckpointError(
             f"{root} has no config.json: name the teacher's config with "
             f"--config.teacher_config=configs/<file>.py[:variant]")
-    loaded = separate.load_model(workdir, config.get("teacher_which", "best"),
+    loaded = loading.load_model(workdir, config.get("teacher_which", "best"),
                                  config_arg)
-  except separate.CheckpointError as e:
+  except loading.CheckpointError as e:
     raise ValueError(f"teacher: {e}") from None
   t, s = loaded.config.model, config.model
   for key in _SHARED_INPUTS:

@@ -19,8 +19,6 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pesq
-import pystoi
 import scipy.stats
 
 from avsep_jax import parallel
@@ -54,6 +52,9 @@ def _time_domain_scores(estimates, sources, mixture, speaker_mask):
 
 def _pesq(reference, estimate, sample_rate):
   """Wideband PESQ, NaN where the signals give it nothing to score."""
+  # Imported where used: runs with eval_pesq_stoi off (GPU hosts, which have no pesq
+  # wheel) need neither package.
+  import pesq  # pylint: disable=g-import-not-at-top
   try:
     return float(pesq.pesq(sample_rate, reference, estimate, "wb"))
   except (pesq.NoUtterancesError, pesq.BufferTooShortError):
@@ -69,6 +70,7 @@ def _pesq(reference, estimate, sample_rate):
 
 def _stoi(reference, estimate, sample_rate):
   """STOI, NaN where pystoi has too little speech to score."""
+  import pystoi  # pylint: disable=g-import-not-at-top  (see _pesq)
   if not np.any(reference):
     # pystoi returns 0 for a silent reference: a score it did not measure.
     return math.nan

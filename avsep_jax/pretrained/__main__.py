@@ -4,7 +4,7 @@ r"""Makes the shipped weights' file from a training workdir, scored and describe
       [--which=best] [--test_json=WORKDIR/eval/test_best_<step>.json] \
       [--output=avsep_jax/pretrained/lite_6spk.safetensors] [--trained_by="COMMAND"]
 
-Restores the checkpoint's parameters (`separate.load_model`), scores them on the
+Restores the checkpoint's parameters (`loading.load_model`), scores them on the
 reference mixtures (`pretrained.reference_mixtures`; SynthAV tiny is built under DIR
 first if absent), and writes the file with a card holding the source, this command, the
 reference figure and, with --test_json, the run's test-split table (from
@@ -22,8 +22,8 @@ import numpy as np
 import scipy.stats
 from absl import logging
 
+from avsep_jax import loading
 from avsep_jax import pretrained
-from avsep_jax import separate
 from avsep_jax.data.synthav import builder
 
 
@@ -42,10 +42,10 @@ def main(argv=None):
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.ERROR)
 
-  loaded = separate.load_model(args.checkpoint, args.which)
+  loaded = loading.load_model(args.checkpoint, args.which)
   builder.build("tiny", args.data_dir)
   mixtures = pretrained.reference_mixtures(args.data_dir, loaded.num_slots)
-  scores = pretrained.si_snri(separate.make_separate_fn(loaded), mixtures)
+  scores = pretrained.si_snri(loading.make_separate_fn(loaded), mixtures)
   n = len(scores)
   card = {
       "source": {"workdir": os.path.basename(os.path.normpath(args.checkpoint)),
