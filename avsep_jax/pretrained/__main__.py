@@ -2,13 +2,17 @@ r"""Makes the shipped weights' file from a training workdir, scored and describe
 
   python -m avsep_jax.pretrained --checkpoint=WORKDIR --data_dir=DIR \
       [--which=best] [--test_json=WORKDIR/eval/test_best_<step>.json] \
-      [--output=avsep_jax/pretrained/lite_6spk.safetensors] [--trained_by="COMMAND"]
+      [--output=avsep_jax/pretrained/lite_6spk.safetensors] [--trained_by="COMMAND"] \
+      [--storage=int8]
 
 Restores the checkpoint's parameters (`loading.load_model`), scores them on the
 reference mixtures (`pretrained.reference_mixtures`; SynthAV tiny is built under DIR
 first if absent), and writes the file with a card holding the source, this command, the
 reference figure and, with --test_json, the run's test-split table (from
-`python -m avsep_jax.main --mode=evaluate`). Prints the card.
+`python -m avsep_jax.main --mode=evaluate`). The figure is of the float32 weights; the
+file stores them as --storage says (`pretrained.STORAGES`), and for int8 the card also
+holds the stored weights' figure and the largest change of one mixture's score
+(tests/test_pretrained.py holds the shipped files to 0.05 dB). Prints the card.
 """
 
 import argparse
@@ -37,6 +41,8 @@ def main(argv=None):
   parser.add_argument("--test_json", default=None,
                       help="the run's eval/test_*.json, copied into the card")
   parser.add_argument("--output", default=pretrained.DEFAULT)
+  parser.add_argument("--storage", choices=sorted(pretrained.STORAGES), default="int8",
+                      help="int8 (compact, the shipped form) or float32 (exact)")
   parser.add_argument("--trained_by", default=None,
                       help="the command that trained the checkpoint, for the card")
   args = parser.parse_args(argv)
@@ -65,6 +71,7 @@ def main(argv=None):
                               / np.sqrt(n)), 3),
           "per_mixture": [round(float(s), 3) for s in scores],
       },
+      "storage": {"scheme": args.storage, "reference_scored_on": "float32 weights"},
   }
   if args.test_json:
     with open(args.test_json) as f:
@@ -72,7 +79,14 @@ def main(argv=None):
     card["test_split"] = {"file": os.path.basename(args.test_json),
                           "summary": tested["summary"]}
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  pretrained.save(args.output, loaded.params, loaded.config, card)
+  pretrained.save(args.output, loaded.params, loaded.config, card, args.storage)
+  if args.storage != "float32":  # what rounding the weights cost, scored from the file
+    stored = pretrained.si_snri(
+        loading.make_separate_fn(loading.load_shipped(args.output)), mixtures)
+    card["storage"].update(
+        stored_si_snri=round(float(np.mean(stored)), 3),
+        stored_max_change_db=round(float(np.max(np.abs(stored - scores))), 3))
+    pretrained.save(args.output, loaded.params, loaded.config, card, args.storage)
   shown = {k: v for k, v in card.items() if k != "test_split"}
   print(json.dumps(shown, indent=1))
   print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB)")
