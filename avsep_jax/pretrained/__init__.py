@@ -8,12 +8,12 @@ The file holds the parameters, flattened to 'a/b/c' names, and, in its metadata,
 run's config (JSON), a card (where the weights come from, the command that made the
 file, their scores) and the storage scheme (`STORAGES`). Shipped files store matrices and
 conv kernels as int8 with one scale per output channel: a quarter of float32's bytes,
-so the repository travels under its size budget (tests/test_repo_size.py), at no
-measurable cost to the reference figure; `load` returns float32 either way. It is made
-from a training workdir by
+so the repository travels under its size budget (tests/test_repo_size.py), moving no
+reference mixture's score by more than 0.034 dB (BENCHMARKS.md); `load` returns float32
+either way. It is made from a training workdir by
 
   python -m avsep_jax.pretrained --checkpoint=WORKDIR --data_dir=DIR \
-      [--test_json=WORKDIR/eval/test_best_<step>.json] [--output=PATH]
+      [--test_json=WORKDIR/eval/test_best_<step>.json] [--output=PATH] [--storage=int8]
 
 which scores the weights on `reference_mixtures` (20 fixed 2-speaker mixtures of the
 test split of SynthAV `tiny`, built under DIR if absent) and writes that figure into the
