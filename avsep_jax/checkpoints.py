@@ -1,4 +1,5 @@
-"""Orbax checkpoints of the train state together with the grain iterator state.
+"""Orbax checkpoints of the train state together with the data iterator's position
+(a grain iterator's state, or the on-device mixer's step).
 
 Keeps the last `keep` steps and the best by a validation metric (SI-SNRi, or SI-SNRi
 under the best slot assignment for models whose slot order is arbitrary); restores the
@@ -77,13 +78,43 @@ def choose_step(mngr, which="best", metric="si_snri"):
   return steps[-1], "latest"
 
 
+def _is_grain(data_iter):
+  return isinstance(data_iter, (grain.DatasetIterator, grain.DataLoaderIterator))
+
+
+def _data_save_args(data_iter):
+  """Grain iterators through grain's handler; any other iterator (the on-device
+  mixer, `avsep_jax.data.device_mix`) as the JSON of its `get_state()`."""
+  if _is_grain(data_iter):
+    return grain.checkpoint.CheckpointSave(data_iter)
+  return ocp.args.JsonSave(data_iter.get_state())
+
+
+_KINDS = {"grain": "a grain iterator's position (config.input='grain')",
+          "json": "an on-device mixer's step (config.input='device')"}
+
+
+def _saved_data_kind(mngr, step):
+  """'grain' or 'json': which handler wrote the step's iterator state (None if
+  neither file is there: the restore reports the damage)."""
+  path = os.path.join(str(mngr.directory), str(step), "data")
+  names = os.listdir(path) if os.path.isdir(path) else []
+  if any(n.startswith("process_") for n in names):
+    return "grain"
+  return "json" if "metadata" in names else None
+
+
 def save(mngr, step, state, data_iter, *, metrics=None, force=False):
   """Saves state + iterator position (+ validation metrics, {"si_snri": dB,
-  "si_snri_pit": dB}, when evaluated); returns whether a save started."""
+  "si_snri_pit": dB}, when evaluated); returns whether a save started.
+
+  `data_iter` is a grain iterator or any object with a JSON-able `get_state()` and a
+  `set_state(state)` (the on-device mixer, whose state is its step).
+  """
   return mngr.save(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=grain.checkpoint.CheckpointSave(data_iter)),
+                              data=_data_save_args(data_iter)),
       metrics=metrics or {}, force=force)
 
 
@@ -99,8 +130,9 @@ def restore_latest(mngr, abstract_state, make_iter):
     (step, state, data_iter), or (None, None, None) when there is no checkpoint.
 
   Raises:
-    ValueError: a step holds arrays of other shapes (written by another config), or
-      steps exist but none reads back.
+    ValueError: a step holds arrays of other shapes (written by another config) or
+      the position of another kind of iterator (another `config.input`), or steps
+      exist but none reads back.
   """
   steps = sorted(mngr.all_steps(), reverse=True)
   errors = []
@@ -110,10 +142,17 @@ def restore_latest(mngr, abstract_state, make_iter):
       raise ValueError(f"checkpoint step {step} in {mngr.directory} does not fit this "
                        f"config (another model config?): {mismatch}")
     data_iter = make_iter()
+    kind = "grain" if _is_grain(data_iter) else "json"
+    saved = _saved_data_kind(mngr, step)
+    if saved and saved != kind:
+      raise ValueError(
+          f"checkpoint step {step} in {mngr.directory} holds {_KINDS[saved]}, this run "
+          f"needs {_KINDS[kind]}: resume with the config.input that wrote it")
+    data_args = (grain.checkpoint.CheckpointRestore(data_iter) if kind == "grain"
+                 else ocp.args.JsonRestore())
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=grain.checkpoint.CheckpointRestore(data_iter)))
+          state=ocp.args.StandardRestore(abstract_state), data=data_args))
     except Exception as e:  # orbax raises many types for damaged or foreign steps
       logging.warning("checkpoint step %d unreadable (%s: %s); trying an older one",
                       step, type(e).__name__, str(e).splitlines()[0][:200])
@@ -122,7 +161,9 @@ def restore_latest(mngr, abstract_state, make_iter):
     if errors:
       _set_aside(mngr, [s for s in steps if s > step])
       logging.warning("resumed from step %d; newer damaged steps: %s", step, errors)
-    return step, restored["state"], restored["data"]
+    if kind == "json":
+      data_iter.set_state(restored["data"])
+    return step, restored["state"], data_iter
   if steps:
     raise ValueError(f"no checkpoint in {mngr.directory} can be read: {errors[0]}")
   return None, None, None

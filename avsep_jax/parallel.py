@@ -40,10 +40,17 @@ def state_shardings(abstract_state, mesh, rules):
 
 
 def global_batch(local_batch, sharding):
-  """Host-local numpy batch -> global jax.Arrays sharded along the batch axis."""
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-      local_batch)
+  """Host-local numpy batch -> global jax.Arrays sharded along the batch axis.
+
+  Arrays already laid out by `sharding` (batches mixed on the devices) pass through:
+  copying them to the host and back would cost what on-device mixing saves.
+  """
+  def to_global(x):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+      return x
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+  return jax.tree.map(to_global, local_batch)
 
 
 def local_rows(x):

@@ -25,6 +25,7 @@ from avsep_jax import evaluation
 from avsep_jax import parallel
 from avsep_jax import signal
 from avsep_jax import summaries
+from avsep_jax.data import device_mix
 from avsep_jax.data import pipeline
 from avsep_jax.data import sources
 from avsep_jax.data.synthav import builder as synthav_builder
@@ -117,6 +118,21 @@ def train_iterator(config, data_dir):
       batch_size=config.batch_size // jax.process_count(), seed=config.seed,
       augment_video=config.get("augment_video", True),
       shard_index=jax.process_index(), shard_count=jax.process_count()))
+
+
+def train_input(config, data_dir, batch_sharding):
+  """() -> a fresh training iterator at the first batch, by `config.input`.
+
+  'grain': `train_iterator`, host-local numpy batches. 'device': global batches mixed
+  on the devices, already laid out by `batch_sharding`; the train split is loaded
+  into device memory once, here, not once per iterator (resuming may build several).
+  """
+  if config.get("input", "grain") == "device":
+    return device_mix.make_iterator_factory(
+        config.dataset, data_dir, mix_config(config), batch_size=config.batch_size,
+        seed=config.seed, augment_video=config.get("augment_video", True),
+        sharding=batch_sharding)
+  return functools.partial(train_iterator, config, data_dir)
 
 
 def validation_batches(config, data_dir):
@@ -282,6 +298,13 @@ def check_config(config):
   if config.batch_size % jax.process_count():
     raise ValueError(f"batch_size {config.batch_size} does not divide over "
                      f"{jax.process_count()} processes")
+  source = config.get("input", "grain")
+  if source not in ("grain", "device"):
+    raise ValueError(f"input {source!r} is not one of 'grain', 'device'")
+  if source == "device" and jax.process_count() > 1:
+    # Each process would mix the whole global batch; grain shards it by process.
+    raise ValueError(f"input 'device' runs on one process, this run has "
+                     f"{jax.process_count()}: use input='grain'")
   if config.eval_examples < config.batch_size:
     # Evaluation batches are whole batches: fewer examples would score nothing.
     raise ValueError(f"eval_examples ({config.eval_examples}) must be at least "
@@ -333,7 +356,8 @@ def fit(config, workdir, data_dir, batch_sharding, state, abstract, train_step, 
   Resumes from the workdir's newest readable step, runs `train_step` up to
   `config.total_steps`, validates every `eval_every_steps`, checkpoints state and data
   iterator every `checkpoint_every_steps`, and on SIGTERM saves the current step and
-  returns.
+  returns. Training batches come from `train_input` (`config.input`); validation
+  always reads the same fixed mixtures through grain.
 
   Args:
     config: the run's config (`total_steps`, `eval_every_steps`, ... and the data).
@@ -351,7 +375,7 @@ def fit(config, workdir, data_dir, batch_sharding, state, abstract, train_step, 
   """
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
-  make_train_iter = functools.partial(train_iterator, config, data_dir)
+  make_train_iter = train_input(config, data_dir, batch_sharding)
 
   # ----------------------------------------------------------------- Checkpoint
   ckpt_dir = os.path.join(workdir, "checkpoints")

@@ -38,6 +38,10 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.max_nonfinite_steps = 10      # non-finite losses in a row before stopping
   config.augment_video = True
+  # Where training mixtures are made: 'grain' (host CPU; any process count) or
+  # 'device' (the train split loaded once into device memory and mixed inside jit:
+  # one process, a split that fits the device; what feeds a GPU fast enough).
+  config.input = "grain"
   config.ema_decay = 0.0               # 0: no EMA of params
 
   config.learning_rate = 3e-4
