@@ -110,8 +110,10 @@ def test_weights_files_stream_and_the_missing_default_is_explained(
   assert shipped.config.causal and shipped.config.num_speakers == 6
   loaded = separate.load_model(stream_checkpoint)
   path = str(tmp_path / "stream.safetensors")
+  # float32 storage: the model id hashes the weights, which int8 storage would round.
   pretrained.save(path, loaded.params, loaded.config,
-                  {"step": loaded.step, "params_key": loaded.params_key})
+                  {"step": loaded.step, "params_key": loaded.params_key},
+                  storage="float32")
   want = stream_main.load_streamer(stream_checkpoint, 20.0).model_id  # config + weights
   assert stream_main.load_streamer(path, 20.0).model_id == want
   monkeypatch.setattr(pretrained, "DEFAULT_STREAM", path)
