@@ -4,7 +4,7 @@ VENV := .venv
 PIP := $(VENV)/bin/pip
 PY := $(VENV)/bin/python
 
-.PHONY: setup test train model-size clean
+.PHONY: setup test train model-size gpu-wheels clean
 
 # The main job: trains and validates on SynthAV (built first if absent). The default is
 # the size a CPU machine holds; on a GPU use CONFIG=configs/6spk.py (the full model).
@@ -32,6 +32,11 @@ train: setup
 model-size: setup
 	for c in configs/2spk.py configs/6spk.py; do for v in smoke lite full; do \
 	  $(PY) experiments/model_size.py --config=$$c:$$v; done; done
+
+# Wheels the GPU sprint installs offline on a machine with no network
+# (experiments/gpu/sprint.py); prints their size beside the tracked tree's.
+gpu-wheels: setup
+	$(PY) experiments/gpu/wheels.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -60,6 +60,10 @@ EXTRAS_REQUIRE = {
     # real corpora, with the DirectRunner here or on Dataflow / Spark / Flink. It caps
     # protobuf below 7 and pillow below 13; everything else here works with those.
     "beam": ["apache-beam==2.77.0"],
+    # Accelerators: `pip install -e ".[gpu]"` (NVIDIA, CUDA 13 wheels: no system CUDA
+    # needed) or `".[tpu]"` (Cloud TPU VMs). Same jax range as above.
+    "gpu": ["jax[cuda13]>=0.10.2,<0.12"],
+    "tpu": ["jax[tpu]>=0.10.2,<0.12"],
     # CPU serving (avsep_jax.export): the PyTorch mirror, ONNX export and onnxruntime.
     # torch is pinned: this version's CPU build is on the machines' disk, while an
     # unpinned torch pulls a CUDA build of several GB.

@@ -93,6 +93,10 @@ def main(argv):
   try:
     check_writable(workdir)
     print(f"workdir: {os.path.abspath(workdir)}")
+    # A GPU host whose jax has no CUDA plugin trains on its CPU without a word: say
+    # which backend this is, before any work.
+    print(f"backend: {jax.default_backend()}, {jax.device_count()} devices "
+          f"({jax.devices()[0].device_kind}), {jax.process_count()} processes")
     logging.get_absl_handler().use_absl_log_file("log", workdir)
     if _MODE.value == "train":
       if jax.process_index() == 0:

@@ -19,7 +19,11 @@ Shapes: batch = max(1, --tokens // T) and heads = --model_dim // D, bf16, q/k/v
 for the forward and 3.5x that for forward+backward (two matmuls forward, five backward,
 the FlashAttention-2 convention), so a path that computes masked scores anyway (xla)
 gets no credit for them. Times are the median of --repeats calls after a warm-up call
-of a separately compiled executable. Memory: XLA's memory analysis of that executable
+of a separately compiled executable. Before timing, every implementation is checked
+against `kernels.reference_attention` (float32 math on the same inputs) for T up to
+--check_max_t: the output and the three input gradients, each as the largest error
+relative to the reference's largest magnitude; a cell above --check_tolerance reads
+`wrong` and is not timed. Memory: XLA's memory analysis of that executable
 (arguments + outputs + temporaries - aliased), which is per cell and deterministic; the
 device's peak_bytes_in_use is also recorded in the JSON, but it is a high-water mark of
 the whole process. A cell that runs out of memory (at compile or run time) reads OOM;
@@ -28,6 +32,7 @@ any other failure reads `error` with the message in the JSON; no cell stops the 
 
 import datetime
 import json
+import os
 import time
 
 import jax
@@ -55,6 +60,12 @@ _BLOCK_SIZES = flags.DEFINE_list(
     "block_sizes", None,
     "Pallas BlockSizes fields in order (block_q, block_k, block_q_dq, block_k_dq, "
     "block_q_dkv, block_k_dkv[, num_warps, num_stages]); default: the kernel's.")
+_CHECK_MAX_T = flags.DEFINE_integer(
+    "check_max_t", 4096, "Check against reference_attention up to this T (the float32 "
+    "reference holds B*H*T*T scores).")
+_CHECK_TOLERANCE = flags.DEFINE_float(
+    "check_tolerance", 2e-2, "Largest error relative to the reference's scale "
+    "(bf16 keeps 8 bits of mantissa: ~4e-3 per rounding).")
 _JSON = flags.DEFINE_string("json", "/tmp/attention_benchmark.json",
                             "Where to write every cell as JSON.")
 
@@ -107,6 +118,28 @@ def run_cell(fn, args, repeats):
   return float(np.median(times)), nbytes
 
 
+def relative_errors(fn, mask, window, args):
+  """{'out', 'dq', 'dk', 'dv'}: max |fn - reference| / max |reference| per output."""
+  causal = mask == "window"
+  sides = (window, 0) if causal else None
+
+  def reference(q, k, v):
+    return kernels.reference_attention(q, k, v, causal=causal, window=sides)
+
+  def both(f):
+    # The arrays are arguments, not closed-over constants: XLA would constant-fold
+    # them (minutes of compile at T = 4096, seen on an H200).
+    def run(q, k, v, d_out):
+      out, vjp = jax.vjp(f, q, k, v)
+      return (out, *vjp(d_out))
+    return jax.jit(run)(*args)
+
+  got, want = both(fn), both(reference)
+  return {name: float(jnp.max(jnp.abs(g.astype(jnp.float32) - w.astype(jnp.float32)))
+                      / jnp.maximum(jnp.max(jnp.abs(w.astype(jnp.float32))), 1e-30))
+          for name, g, w in zip(("out", "dq", "dk", "dv"), got, want)}
+
+
 def failure(error):
   text = f"{type(error).__name__}: {error}"
   oom = any(s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory",
@@ -135,6 +168,17 @@ def measure(impl, t, d, mask):
                     for key in keys)
   fwd_flops = 4.0 * b * h * d * visible_pairs(t, mask, window)
   row["status"] = "ok"
+  if t <= _CHECK_MAX_T.value:
+    try:
+      row["relative_error"] = relative_errors(fn, mask, window, (q, k, v, d_out))
+    except Exception as error:  # noqa: BLE001 (recorded; the timing may still run)
+      row["check_status"], row["check_error"] = failure(error)
+    else:
+      worst = max(row["relative_error"].values())
+      row["check_status"] = "ok" if worst <= _CHECK_TOLERANCE.value else "wrong"
+      if row["check_status"] == "wrong":
+        row["status"] = "wrong"
+        return row
 
   def forward_backward(q, k, v, d_out):
     _, vjp = jax.vjp(fn, q, k, v)
@@ -218,6 +262,15 @@ def main(argv):
             + (", Pallas in interpret mode" if _INTERPRET.value else ""))
   print(header, flush=True)
   rows = []
+
+  def write():
+    # After every cell: a run stopped at its time limit keeps what it measured.
+    with open(_JSON.value + ".partial", "w") as f:
+      json.dump({"device": device.device_kind, "backend": jax.default_backend(),
+                 "jax": jax.__version__, "date": datetime.date.today().isoformat(),
+                 "header": header, "rows": rows, "goals": goals(rows)}, f, indent=1)
+    os.replace(_JSON.value + ".partial", _JSON.value)
+
   for t in (int(x) for x in _SEQ_LENS.value):
     for d in (int(x) for x in _HEAD_DIMS.value):
       for mask in _MASKS.value:
@@ -226,16 +279,13 @@ def main(argv):
         for impl in _IMPLS.value:
           row = measure(impl, t, d, mask)
           rows.append(row)
+          write()
           print(f"  {impl} T={t} D={d} {mask}: fwd {cell(row, 'fwd')} "
                 f"fwd+bwd {cell(row, 'fwd_bwd')}", flush=True)
   print()
   print(markdown(rows))
   for line in goals(rows):
     print(line)
-  with open(_JSON.value, "w") as f:
-    json.dump({"device": device.device_kind, "backend": jax.default_backend(),
-               "jax": jax.__version__, "date": datetime.date.today().isoformat(),
-               "header": header, "rows": rows}, f, indent=1)
   print(f"wrote {_JSON.value}")
 
 

@@ -11,6 +11,7 @@ of the device (--peak_tflops, e.g. 989 for H100 bf16 dense); CPUs print none.
 """
 
 import importlib.util
+import json
 import time
 
 from absl import app
@@ -28,6 +29,8 @@ _BATCH = flags.DEFINE_integer("batch_size", None, "Global batch; default: the co
 _SECONDS = flags.DEFINE_float("seconds", None, "Segment length; default: the config's.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported).")
 _PEAK = flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s for MFU.")
+_JSON = flags.DEFINE_string("json", None, "Also write each variant's figures here.")
+_DTYPE = flags.DEFINE_string("dtype", None, "Compute dtype; default: the variant's.")
 
 
 def load_config(path, variant):
@@ -80,20 +83,35 @@ def main(argv):
   del argv
   device = jax.devices()[0]
   print(f"device: {device.device_kind} x {jax.device_count()}")
+  rows = []
   for variant in _VARIANTS.value:
     config = load_config(_CONFIG.value, variant)
     if _BATCH.value:
       config.batch_size = _BATCH.value
     if _SECONDS.value:
       config.segment_seconds = _SECONDS.value
+    if _DTYPE.value:
+      config.model.dtype = _DTYPE.value
     seconds, flops = measure(config)
     line = (f"{_CONFIG.value}:{variant}: batch {config.batch_size} x "
             f"{config.model.num_speakers} speakers x {config.segment_seconds:g} s: "
             f"{1 / seconds:.3f} steps/s, {config.batch_size / seconds:.2f} examples/s, "
             f"{flops / seconds / 1e12:.3f} TFLOP/s")
+    mfu = None
     if _PEAK.value:
-      line += f", MFU {flops / seconds / (_PEAK.value * 1e12 * jax.device_count()):.1%}"
+      mfu = flops / seconds / (_PEAK.value * 1e12 * jax.device_count())
+      line += f", MFU {mfu:.1%}"
     print(line + f" (median of {_STEPS.value})")
+    rows.append({"config": f"{_CONFIG.value}:{variant}", "batch_size": config.batch_size,
+                 "speakers": config.model.num_speakers,
+                 "segment_seconds": config.segment_seconds, "dtype": config.model.dtype,
+                 "step_seconds": seconds,
+                 "xla_flops_per_step": flops, "tflops": flops / seconds / 1e12,
+                 "peak_tflops": _PEAK.value, "mfu": mfu, "devices": jax.device_count(),
+                 "device": device.device_kind, "median_of": _STEPS.value})
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":
