@@ -26,6 +26,10 @@ setup: $(VENV)/.installed
 test: setup
 	$(PY) -m pytest -n 2 --durations=15 tests
 
+# The inner loop: everything but the tests marked slow (pytest.ini), in under 4 minutes.
+test-fast: setup
+	$(PY) -m pytest -n 2 --durations=15 -m "not slow" tests
+
 train: setup
 	$(PY) -m avsep_jax.main --config=$(CONFIG) $(if $(WORKDIR),--workdir=$(WORKDIR))
 

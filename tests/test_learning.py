@@ -16,6 +16,7 @@ from avsep_jax.model import AVSeparator
 from avsep_jax.model import variants
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("causal", [False, True])
 def test_smoke_model_overfits_one_batch(tiny_data_dir, causal):
   import ml_collections  # pylint: disable=g-import-not-at-top

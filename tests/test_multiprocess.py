@@ -1,6 +1,6 @@
 """Multi-process training on one machine: 2 processes x 2 simulated CPU devices through
-jax.distributed (gloo), started by experiments/launch_local.py, against 1 process x 4
-devices; a killed process, the resumed run, and start-up errors."""
+jax.distributed (gloo), started by experiments/launch_local.py, against test_train's
+1-process reference run; a killed process, the resumed run, and start-up errors."""
 
 import json
 import os
@@ -15,18 +15,14 @@ import numpy as np
 import pytest
 
 from avsep_jax import distributed
-from test_train import assert_trees_close, command, env, losses, params, run, steps  # pylint: disable=g-bad-import-order
+from test_train import assert_trees_close, command, env, losses, params, reference, steps  # pylint: disable=g-bad-import-order,unused-import
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCHER = [sys.executable, str(ROOT / "experiments" / "launch_local.py")]
-# Same run in every process count: 4 examples per step, mesh data 2 x fsdp 2.
+# The reference run's steps, batches and checkpoints on mesh data 2 x fsdp 2; validation
+# (which changes neither params nor the data order) at the last step alone.
 COMMON = ("--config.total_steps=4", "--config.eval_every_steps=100",
           "--config.checkpoint_every_steps=2", "--config.mesh_shape=(2,2,1)")
-
-
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("jax_cache"))
 
 
 def free_port():
@@ -35,23 +31,23 @@ def free_port():
     return s.getsockname()[1]
 
 
-def launcher(workdir, data_dir, compile_cache, *overrides):
+def launcher(workdir, data_dir, *overrides):
   """The launcher running `command(...)`'s main arguments in 2 processes x 2 devices."""
   main_args = command(workdir, data_dir, *COMMON, *overrides)[3:]  # drop python -m main
   return subprocess.Popen(
       LAUNCHER + ["--num_processes=2", "--devices_per_process=2", "--grace_s=3", "--",
                   *main_args],
-      cwd=ROOT, env=env(compile_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True)
+      cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_two_processes_match_one_survive_a_kill_and_resume(tiny_data_dir, compile_cache,
+@pytest.mark.slow
+def test_two_processes_match_one_survive_a_kill_and_resume(tiny_data_dir, reference,
                                                           tmp_path):
-  one, two = tmp_path / "one", tmp_path / "two"
-  # The baseline first, not alongside: a process slowed by a third one could reach the
-  # first collective over gloo's 30 s rendezvous after its peer.
-  run(command(one, tiny_data_dir, *COMMON), compile_cache, devices=4)
-  proc = launcher(two, tiny_data_dir, compile_cache)
+  # The reference (one process, one device; the same schedule and global batches) is
+  # made before the launch, not alongside: a process slowed by a third one could reach
+  # the first collective over gloo's 30 s rendezvous after its peer.
+  one, two = reference, tmp_path / "two"
+  proc = launcher(two, tiny_data_dir)
   first = proc.stdout.readline()  # launch_local: coordinator ...; process 0 pid N, ...
   pids = [int(p.split()[-1]) for p in first.split(";")[1].split(",")]
   deadline = time.time() + 400
@@ -87,7 +83,7 @@ def test_two_processes_match_one_survive_a_kill_and_resume(tiny_data_dir, compil
   assert_trees_close(params(two, 2), params(one, 2), atol=2e-5)
 
   # ... and after resuming from the last checkpoint.
-  proc = launcher(two, tiny_data_dir, compile_cache)
+  proc = launcher(two, tiny_data_dir)
   out, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
   assert "[p0] resumed from" in out and "[p1] resumed from" in out, out[-3000:]
@@ -107,10 +103,10 @@ def test_two_processes_match_one_survive_a_kill_and_resume(tiny_data_dir, compil
     np.testing.assert_allclose(got[metric]["mean"], want[metric]["mean"], atol=1e-3)
 
 
-def _main(tmp_path, data_dir, compile_cache, *flags):
+def _main(tmp_path, data_dir, *flags):
   return subprocess.Popen(
       command(tmp_path, data_dir, "--distributed_timeout_s=6", *flags), cwd=ROOT,
-      env=env(compile_cache, devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      env=env(devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True)
 
 
@@ -123,17 +119,18 @@ def _error_line(proc, started, limit_s=60):
   return last
 
 
-def test_start_up_errors_are_one_line_and_bounded(tiny_data_dir, compile_cache, tmp_path):
+@pytest.mark.slow
+def test_start_up_errors_are_one_line_and_bounded(tiny_data_dir, tmp_path):
   port = free_port()
   address = f"--coordinator_address=127.0.0.1:{port}"
   started = time.time()
   # Process 1 with no coordinator listening.
-  lonely = _main(tmp_path / "a", tiny_data_dir, compile_cache, address,
+  lonely = _main(tmp_path / "a", tiny_data_dir, address,
                  "--num_processes=2", "--process_id=1")
   # An id out of range, and an incomplete description.
-  out_of_range = _main(tmp_path / "b", tiny_data_dir, compile_cache, address,
+  out_of_range = _main(tmp_path / "b", tiny_data_dir, address,
                        "--num_processes=2", "--process_id=2")
-  incomplete = _main(tmp_path / "c", tiny_data_dir, compile_cache, address)
+  incomplete = _main(tmp_path / "c", tiny_data_dir, address)
   assert "no coordinator answered at 127.0.0.1" in _error_line(lonely, started)
   assert "--process_id 2 is out of range for 2 processes" in _error_line(
       out_of_range, started)
@@ -142,7 +139,7 @@ def test_start_up_errors_are_one_line_and_bounded(tiny_data_dir, compile_cache, 
   # Process 1 told 3 processes, the coordinator 2: both stop, naming the counts.
   address = f"--coordinator_address=127.0.0.1:{free_port()}"
   started = time.time()
-  procs = [_main(tmp_path / "d", tiny_data_dir, compile_cache, address,
+  procs = [_main(tmp_path / "d", tiny_data_dir, address,
                  f"--num_processes={n}", f"--process_id={i}") for i, n in ((0, 2), (1, 3))]
   for p in procs:
     assert "process 0 says 2, process 1 says 3" in _error_line(p, started)
@@ -150,7 +147,7 @@ def test_start_up_errors_are_one_line_and_bounded(tiny_data_dir, compile_cache, 
   # The coordinator told 3, its one peer 2: nobody completes start-up.
   address = f"--coordinator_address=127.0.0.1:{free_port()}"
   started = time.time()
-  procs = [_main(tmp_path / "e", tiny_data_dir, compile_cache, address,
+  procs = [_main(tmp_path / "e", tiny_data_dir, address,
                  f"--num_processes={n}", f"--process_id={i}") for i, n in ((0, 3), (1, 2))]
   for p in procs:
     assert "start-up did not complete within 6 s" in _error_line(p, started)

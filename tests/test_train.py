@@ -1,13 +1,15 @@
 """The trainer end to end on the smoke config and tiny SynthAV, in subprocesses.
 
-Each run is `python -m avsep_jax.main`, exactly as a user types it. A shared persistent
-compilation cache keeps the repeated compiles cheap.
+Each run is `python -m avsep_jax.main`, exactly as a user types it. One reference run
+serves every test that compares with it or starts from its checkpoints, and the run's
+persistent compilation cache (tests/conftest.py) keeps the repeated compiles cheap.
 """
 
 import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,11 +22,11 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The reference run's schedule: 4 steps, validation and a checkpoint every 2.
+REFERENCE = ("--config.total_steps=4", "--config.eval_every_steps=2",
+             "--config.checkpoint_every_steps=2")
 
-
-@pytest.fixture(scope="session")
-def compile_cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("jax_cache"))
+pytestmark = pytest.mark.slow  # every test here starts trainer processes
 
 
 def command(workdir, data_dir, *overrides, config="configs/2spk.py:smoke"):
@@ -35,21 +37,40 @@ def command(workdir, data_dir, *overrides, config="configs/2spk.py:smoke"):
           "--config.augment_video=False", *overrides]
 
 
-def env(compile_cache, devices=1):
+def env(devices=1):
+  """The environment of a trainer process (the compilation cache's directory comes from
+  the test run's own environment)."""
   e = dict(os.environ)
   e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  e["JAX_COMPILATION_CACHE_DIR"] = compile_cache
-  e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   e["JAX_PLATFORMS"] = "cpu"
   return e
 
 
-def run(cmd, compile_cache, devices=1, check=True):
+def run(cmd, devices=1, check=True):
   result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                          env=env(compile_cache, devices), timeout=600)
+                          env=env(devices), timeout=600)
   if check and result.returncode:
     raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
   return result
+
+
+@pytest.fixture(scope="session")
+def reference(run_once, tiny_data_dir):
+  """The workdir of one 1-device run with REFERENCE's schedule (its stdout in
+  stdout.txt), made once per session. Tests read it, or copy what they change."""
+
+  def make(workdir):
+    out = run(command(workdir, tiny_data_dir, *REFERENCE))
+    (workdir / "stdout.txt").write_text(out.stdout)
+
+  return run_once("train_reference", make)
+
+
+def copy_checkpoints(workdir, to, steps_kept):
+  """`to`: a workdir holding `workdir`'s checkpoints of `steps_kept` alone."""
+  for step in steps_kept:
+    shutil.copytree(pathlib.Path(workdir) / "checkpoints" / str(step),
+                    pathlib.Path(to) / "checkpoints" / str(step))
 
 
 def losses(workdir):
@@ -91,80 +112,70 @@ def assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_short_run_writes_checkpoints_events_and_eval_json(tiny_data_dir, compile_cache,
-                                                           tmp_path):
-  out = run(command(tmp_path, tiny_data_dir, "--config.total_steps=4",
-                    "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2"),
-            compile_cache)
-  assert f"workdir: {tmp_path}" in out.stdout
-  assert 4 in steps(tmp_path) and 2 in steps(tmp_path)
-  assert sorted(losses(tmp_path)) == [1, 2, 3, 4]
-  acc = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"),
+def test_short_run_writes_checkpoints_events_and_eval_json(reference):
+  stdout = (reference / "stdout.txt").read_text()
+  assert f"workdir: {reference}" in stdout
+  assert 4 in steps(reference) and 2 in steps(reference)
+  assert sorted(losses(reference)) == [1, 2, 3, 4]
+  acc = event_accumulator.EventAccumulator(str(reference / "tensorboard"),
                                            size_guidance={"images": 0, "audio": 0})
   acc.Reload()
   tags = acc.Tags()
   assert "eval/si_snri" in tags["scalars"]
   assert any(t.endswith("_mask") for t in tags["images"])
   assert any(t.endswith("_separated") for t in tags["audio"])
-  summary = json.loads((tmp_path / "eval" / "validation_4.json").read_text())
+  summary = json.loads((reference / "eval" / "validation_4.json").read_text())
   assert summary["step"] == 4 and np.isfinite(summary["summary"]["all"]["si_snri"]["mean"])
 
 
-def test_eight_devices_match_one_and_params_are_sharded(tiny_data_dir, compile_cache,
+def test_eight_devices_match_one_and_params_are_sharded(tiny_data_dir, reference,
                                                         tmp_path):
-  common = ("--config.total_steps=3", "--config.eval_every_steps=100",
-            "--config.checkpoint_every_steps=100")
-  one, eight = tmp_path / "one", tmp_path / "eight"
-  out1 = run(command(one, tiny_data_dir, *common, "--config.mesh_shape=(1,1,1)"),
-             compile_cache)
-  out8 = run(command(eight, tiny_data_dir, *common, "--config.mesh_shape=(2,2,2)"),
-             compile_cache, devices=8)
-  a, b = losses(one), losses(eight)
-  assert sorted(a) == sorted(b) == [1, 2, 3]
-  np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=2e-4)
-  assert_trees_close(params(eight, 3), params(one, 3), atol=2e-5)
+  # The reference's first 2 steps (its schedule does not depend on total_steps: smoke's
+  # warmup is longer than any test run), with validation and a checkpoint at the last
+  # step alone; two updates show a sharded gradient or optimizer state gone wrong.
+  out8 = run(command(tmp_path, tiny_data_dir, "--config.total_steps=2",
+                     "--config.eval_every_steps=100", "--config.checkpoint_every_steps=100",
+                     "--config.mesh_shape=(2,2,2)"), devices=8)
+  a, b = losses(reference), losses(tmp_path)
+  assert sorted(a) == [1, 2, 3, 4] and sorted(b) == [1, 2]
+  np.testing.assert_allclose([b[s] for s in b], [a[s] for s in b], rtol=2e-4)
+  assert_trees_close(params(tmp_path, 2), params(reference, 2), atol=2e-5)
 
-  def param_line(out):
-    line = next(l for l in out.stdout.splitlines() if l.startswith("params:"))
+  def param_line(stdout):
+    line = next(l for l in stdout.splitlines() if l.startswith("params:"))
     total, on_device = (float(x) for x in re.findall(r"([\d.]+) MB", line))
     return total, on_device
 
-  total1, device1 = param_line(out1)
-  total8, device8 = param_line(out8)
+  total1, device1 = param_line((reference / "stdout.txt").read_text())
+  total8, device8 = param_line(out8.stdout)
   assert total1 == total8 == device1
   # fsdp 2 x tensor 2: sharded kernels hold a quarter per device; norms, biases and
   # convolutions stay replicated.
   assert device8 < 0.5 * total8, (device8, total8)
 
 
-def test_sigkill_and_restart_gives_the_same_params_and_data(tiny_data_dir, compile_cache,
+def test_sigkill_and_restart_gives_the_same_params_and_data(tiny_data_dir, reference,
                                                             tmp_path):
-  common = ("--config.total_steps=6", "--config.eval_every_steps=100",
-            "--config.checkpoint_every_steps=2")
-  straight, killed = tmp_path / "straight", tmp_path / "killed"
-  run(command(straight, tiny_data_dir, *common), compile_cache)
-
-  proc = subprocess.Popen(command(killed, tiny_data_dir, *common), cwd=ROOT,
-                          env=env(compile_cache), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(command(tmp_path, tiny_data_dir, *REFERENCE), cwd=ROOT,
+                          env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
-  while time.time() < deadline and not (killed / "checkpoints" / "4").exists():
+  while time.time() < deadline and not (tmp_path / "checkpoints" / "2").exists():
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert 6 not in steps(killed), "killed too late to test anything"
-  out = run(command(killed, tiny_data_dir, *common), compile_cache)
+  assert 4 not in steps(tmp_path), "killed too late to test anything"
+  out = run(command(tmp_path, tiny_data_dir, *REFERENCE))
   assert "resumed from" in out.stdout
-  assert_trees_equal(params(killed, 6), params(straight, 6))
-  a, b = losses(straight), losses(killed)
-  np.testing.assert_allclose([b[s] for s in (5, 6)], [a[s] for s in (5, 6)], rtol=1e-6)
+  assert_trees_equal(params(tmp_path, 4), params(reference, 4))
+  a, b = losses(reference), losses(tmp_path)
+  np.testing.assert_allclose([b[s] for s in (3, 4)], [a[s] for s in (3, 4)], rtol=1e-6)
 
 
-def test_sigterm_saves_the_current_step(tiny_data_dir, compile_cache, tmp_path):
+def test_sigterm_saves_the_current_step(tiny_data_dir, tmp_path):
   proc = subprocess.Popen(
       command(tmp_path, tiny_data_dir, "--config.total_steps=1000",
               "--config.eval_every_steps=1000", "--config.checkpoint_every_steps=1000"),
-      cwd=ROOT, env=env(compile_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True)
   deadline = time.time() + 300
   while time.time() < deadline and not (tmp_path / "checkpoints" / "1").exists():
@@ -178,81 +189,75 @@ def test_sigterm_saves_the_current_step(tiny_data_dir, compile_cache, tmp_path):
   assert step > 1 and steps(tmp_path)[-1] == step
 
 
-def test_truncated_latest_checkpoint_falls_back(tiny_data_dir, compile_cache, tmp_path):
-  common = ("--config.eval_every_steps=100", "--config.checkpoint_every_steps=2")
-  run(command(tmp_path, tiny_data_dir, "--config.total_steps=4", *common), compile_cache)
+def test_truncated_latest_checkpoint_falls_back(tiny_data_dir, reference, tmp_path):
+  copy_checkpoints(reference, tmp_path, (2, 4))
   for f in (tmp_path / "checkpoints" / "4" / "state").rglob("*"):
     if f.is_file():
       f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
-  out = run(command(tmp_path, tiny_data_dir, "--config.total_steps=6", *common),
-            compile_cache)
+  out = run(command(tmp_path, tiny_data_dir, *REFERENCE))
   assert "resumed from" in out.stdout and "at step 2" in out.stdout
   assert (tmp_path / "checkpoints" / "4.damaged").is_dir()
-  assert {4, 6} <= set(steps(tmp_path))
+  assert 4 in steps(tmp_path)
+  # Steps 3 and 4 redone from step 2 give the reference's params.
+  assert_trees_equal(params(tmp_path, 4), params(reference, 4))
 
 
-def test_bad_input_gets_one_clear_line_and_keeps_the_workdir(tiny_data_dir, compile_cache,
+def test_bad_input_gets_one_clear_line_and_keeps_the_workdir(tiny_data_dir, reference,
                                                              tmp_path):
-  out = run(command(tmp_path, tiny_data_dir, "--config.no_such_key=3"), compile_cache,
-            check=False)
+  out = run(command(tmp_path, tiny_data_dir, "--config.no_such_key=3"), check=False)
   assert out.returncode != 0 and "no_such_key" in out.stderr
 
   out = run(command(tmp_path / "e", tiny_data_dir, "--config.eval_examples=1"),
-            compile_cache, check=False)
+            check=False)
   assert out.returncode == 1
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("error:") and "eval_examples (1)" in last, last
 
   out = run(command(tmp_path / "c", tiny_data_dir, "--config.oracle_cue_steps=10",
-                    "--config.model.decoder.activity_cue=False"),
-            compile_cache, check=False)
+                    "--config.model.decoder.activity_cue=False"), check=False)
   assert out.returncode == 1
   assert "model.decoder.activity_cue=True" in out.stderr.strip().splitlines()[-1]
 
   blocked = tmp_path / "a_file"
   blocked.write_text("")
-  out = run(command(blocked / "run", tiny_data_dir), compile_cache, check=False)
+  out = run(command(blocked / "run", tiny_data_dir), check=False)
   assert out.returncode == 1
   assert out.stderr.strip().splitlines()[-1].startswith("error: workdir")
 
-  run(command(tmp_path / "w", tiny_data_dir, "--config.total_steps=2",
-              "--config.eval_every_steps=100", "--config.checkpoint_every_steps=2"),
-      compile_cache)
+  copy_checkpoints(reference, tmp_path / "w", (4,))
   before = sorted(p.name for p in (tmp_path / "w" / "checkpoints").iterdir())
   # Another model width: the saved params cannot fill this state.
-  out = run(command(tmp_path / "w", tiny_data_dir, "--config.total_steps=4",
-                    "--config.model.audio.d_model=48"), compile_cache, check=False)
+  out = run(command(tmp_path / "w", tiny_data_dir, "--config.total_steps=6",
+                    "--config.model.audio.d_model=48"), check=False)
   assert out.returncode == 1
   last = out.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: checkpoint step 2") and "does not fit" in last, last
+  assert last.startswith("error: checkpoint step 4") and "does not fit" in last, last
   # The first param that differs is named with both shapes (all widths follow d_model).
   assert re.search(r"params\['\w+'\].* is \(32,\) there, \(48,\) here", last), last
   assert len(out.stderr.strip().splitlines()) < 20, out.stderr
   assert sorted(p.name for p in (tmp_path / "w" / "checkpoints").iterdir()) == before
 
 
-def test_evaluate_mode_prints_a_table_per_speaker_count(tiny_data_dir, compile_cache,
-                                                        tmp_path):
-  common = ("--config.eval_every_steps=2", "--config.checkpoint_every_steps=2",
-            "--config.test_examples=4")
-  run(command(tmp_path, tiny_data_dir, "--config.total_steps=2", *common,
-              config="configs/6spk.py:smoke", ), compile_cache)
-  out = run(command(tmp_path, tiny_data_dir, "--mode=evaluate", *common,
-                    config="configs/6spk.py:smoke"), compile_cache)
+def test_evaluate_mode_prints_a_table_per_speaker_count(tiny_data_dir, make_checkpoint):
+  # An untrained checkpoint as the trainer writes it: the table's rows do not depend on
+  # training, and a 6-speaker training run would compile a train step for nothing.
+  workdir = pathlib.Path(make_checkpoint("configs/6spk.py:smoke", "evaluate_mode"))
+  out = run(command(workdir, tiny_data_dir, "--mode=evaluate", "--config.test_examples=4",
+                    config="configs/6spk.py:smoke"))
   rows = [l.split()[0] for l in out.stdout.splitlines() if l.strip()[:1].isdigit()
           or l.strip().startswith("all")]
   assert rows == ["2", "3", "4", "5", "6", "all"], out.stdout
-  summary = json.loads(next((tmp_path / "eval").glob("test_best_*.json")).read_text())
+  # No step holds validation scores, so the default (best) falls back to the newest.
+  summary = json.loads((workdir / "eval" / "test_latest_0.json").read_text())
   assert summary["split"] == "test" and set(summary["summary"]) >= {"2", "6", "all"}
 
 
-def test_nonfinite_losses_stop_the_run_naming_step_and_checkpoint(tiny_data_dir,
-                                                                  compile_cache, tmp_path):
+def test_nonfinite_losses_stop_the_run_naming_step_and_checkpoint(tiny_data_dir, tmp_path):
   # A huge learning rate makes every loss after the first update non-finite.
   out = run(command(tmp_path, tiny_data_dir, "--config.total_steps=20",
                     "--config.learning_rate=1e30", "--config.warmup_steps=0",
                     "--config.max_nonfinite_steps=3", "--config.eval_every_steps=100",
-                    "--config.checkpoint_every_steps=1"), compile_cache, check=False)
+                    "--config.checkpoint_every_steps=1"), check=False)
   assert out.returncode == 1
   last = out.stderr.strip().splitlines()[-1]
   assert "3 non-finite losses in a row up to step" in last, last
