@@ -55,10 +55,6 @@ class DeviceData:
   speaker_utterances: jax.Array
   speaker_counts: jax.Array
 
-  @property
-  def nbytes(self) -> int:
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self))
-
 
 def default_max_bytes(device=None) -> int:
   """Half the device's memory when it reports it (the model needs the rest), else
@@ -133,14 +129,15 @@ def load_split(dataset: str, split: str, data_dir: str, sharding=None, *,
   return jax.device_put(data, sharding)
 
 
-def _draw_utterances(key, data: DeviceData, n, num_slots):
-  """(num_slots,) utterance indices of distinct speakers; the first n are used.
+def _draw_utterances(key, data: DeviceData, num_slots):
+  """(num_slots,) utterance indices of distinct speakers (while the split has enough).
 
-  Gumbel top-k over log(utterances per speaker) is successive sampling without
-  replacement with those weights: the distribution of the grain path's rejection
-  sampler, which draws utterances uniformly and rejects repeated speakers.
+  Every slot is drawn, used or not, so shapes stay static; a mixture of n speakers
+  keeps the first n. Gumbel top-k over log(utterances per speaker) is successive
+  sampling without replacement with those weights: the distribution of the grain
+  path's rejection sampler, which draws utterances uniformly and rejects repeated
+  speakers.
   """
-  del n  # slots past n are drawn but masked: shapes stay static
   k_speakers, k_utterance = jax.random.split(key)
   num_speakers = data.speaker_counts.shape[0]
   scores = (jnp.log(data.speaker_counts.astype(jnp.float32))
@@ -182,7 +179,7 @@ def mix_example(key, data: DeviceData, config: pipeline.MixConfig):
   k_count, k_draw, k_crop, k_gain, k_noise, k_snr = jax.random.split(key, 6)
   n = jax.random.randint(k_count, (), config.min_speakers, config.max_speakers + 1)
   mask = jnp.arange(slots) < n
-  utterances = _draw_utterances(k_draw, data, n, slots)
+  utterances = _draw_utterances(k_draw, data, slots)
   audio, video = jax.vmap(_crop, in_axes=(0, None, 0, None))(
       jax.random.split(k_crop, slots), data, utterances, frames)
   rms = jnp.sqrt(jnp.mean(audio ** 2, axis=-1)) + 1e-4

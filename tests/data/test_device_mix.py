@@ -183,7 +183,7 @@ def test_sources_are_frame_aligned_crops_of_distinct_speakers_times_their_gain(
 def test_utterance_draws_are_distinct_speakers_spread_over_every_utterance(host_data,
                                                                           data):
   keys = jax.random.split(jax.random.key(0), 2000)
-  drawn = jax.jit(jax.vmap(lambda k: device_mix._draw_utterances(k, data, 4, 4)))(keys)
+  drawn = jax.jit(jax.vmap(lambda k: device_mix._draw_utterances(k, data, 4)))(keys)
   speakers = speakers_of(host_data)[np.asarray(drawn)]
   assert all(len(set(row)) == 4 for row in speakers)
   # Equal utterance counts per speaker (tiny): every utterance equally likely.
