@@ -219,9 +219,9 @@ def test_eight_devices_match_one_and_the_teacher_is_sharded_and_unchanged(
   # it, 2 lr apart, on as many weights as the processor's rounding decides (96 of
   # 45,352 on an AVX2 EPYC, 45 with AVX-512). Adam's first moment after one step is
   # (1 - b1) x the clipped gradient: linear in the gradient, so its 8-vs-1 difference
-  # is the 8-way sums' rounding: measured 4e-6 of the gradient's norm, at most 6e-5 of
-  # any one parameter's (AVX-512 and the AVX2-only path alike), while a batch split
-  # wrongly across devices, or a parameter's gradient left out, is off by O(1).
+  # is the 8-way sums' rounding: measured 4e-6 (AVX-512) and 6e-6 (AVX2-only) of the
+  # gradient's norm, at most 6e-5 of any one parameter's, while a batch split wrongly
+  # across devices, or a parameter's gradient left out, is off by O(1).
   g1 = _keyed(_first(saved_state["opt_state"], "mu")["params"])
   g8 = eight["first_moment"]
   assert g1.keys() == g8.keys()
