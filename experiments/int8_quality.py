@@ -1,7 +1,8 @@
 r"""What INT8 costs in separation quality and gains in speed, on a trained model.
 
   python experiments/int8_quality.py --checkpoint=WORKDIR --data_dir=/tmp/tfds \
-      [--examples=32] [--seconds=2] [--speakers=2] [--calibration=8] [--json=OUT]
+      [--examples=32] [--seconds=2] [--speakers=2] [--calibration=8] [--json=OUT] \
+      [--int8_weights=u8,s7,s8] [--rounds=1]
 
 On `--examples` fixed SynthAV test mixtures of `--speakers` speakers it runs the
 checkpoint through JAX (f32), ONNX f32, ONNX with dynamic INT8 MatMuls and ONNX with
@@ -13,10 +14,19 @@ SI-SNRi and SDRi (fast_bss_eval, an implementation independent of this project's
 the delay-compensated outputs against the clean sources, mean and 95 % interval, the
 drop against f32, the agreement of each engine's output with JAX f32 (SNR in dB) and
 the real-time factor (compute time / audio time).
+
+--checkpoint may also name a weights file of `avsep_jax.pretrained` (the shipped
+`lite_6spk.safetensors`, or `stream_6spk.safetensors`, a causal model). --int8_weights
+compares INT8 weight formats (`onnx_export.INT8_WEIGHTS`; the first is the export's
+default). The INT8 kernels onnxruntime picks depend on the processor (VNNI or not), so
+the output names the processor and the instruction sets the libraries saw; to measure
+the AVX2-only path on a processor with AVX-512 VNNI, run the script under
+`experiments/avx2_only.c` (LD_PRELOAD; its header says how).
 """
 
 import json
 import os
+import platform
 import tempfile
 import time
 
@@ -42,6 +52,21 @@ _CALIBRATION = flags.DEFINE_integer("calibration", 8, "Validation mixtures to ca
 _SECONDS = flags.DEFINE_float("seconds", 2.0, "Mixture length.")
 _STEP_MS = flags.DEFINE_float("step_ms", 20.0, "Audio per step (causal models).")
 _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "Timed runs per mixture and engine; the "
+                               "fastest counts (other load on the CPU only slows).")
+_INT8_WEIGHTS = flags.DEFINE_list("int8_weights", [onnx_export.INT8_WEIGHTS[0]],
+                                  "INT8 weight formats to compare.")
+
+
+def processor():
+  """The processor's model and the instruction sets libraries see (numpy reads CPUID
+  as onnxruntime's MLAS does, so an `avx2_only` run shows no AVX-512 here)."""
+  from numpy._core._multiarray_umath import __cpu_features__ as features
+  with open("/proc/cpuinfo") as f:
+    model = next((line.split(":", 1)[1].strip() for line in f
+                  if line.startswith("model name")), platform.processor())
+  return {"model": model, **{k: bool(features.get(k)) for k in
+                             ("AVX2", "AVX512F", "AVX512BW", "AVX512VNNI")}}
 
 
 def mixtures(split, count, config, seed):
@@ -82,16 +107,20 @@ def offline_engines(loaded, calibration, tmp):
   onnx_export.export_onnx(convert.build_mirror(config, loaded.params), config, f32)
   models["onnx f32"] = onnx_export.OnnxSeparator(f32, threads=2)
   for mode in onnx_export.QUANTIZE_MODES:
-    path = os.path.join(tmp, f"{mode}.onnx")
-    onnx_export.quantize_int8(f32, path, mode, calibration)
-    models[f"onnx int8 {mode}"] = onnx_export.OnnxSeparator(path, threads=2)
+    for weights in _INT8_WEIGHTS.value:
+      path = os.path.join(tmp, f"{mode}_{weights}.onnx")
+      onnx_export.quantize_int8(f32, path, mode, calibration, weights)
+      models[f"onnx int8 {mode} {weights}"] = onnx_export.OnnxSeparator(path, threads=2)
 
   def timed(model):
     def run(mixture, video, mask):
-      model(mixture, video, mask)  # compiles (JAX) and warms caches; the second is timed
-      start = time.perf_counter()
-      out = np.asarray(model(mixture, video, mask))
-      return out, time.perf_counter() - start
+      model(mixture, video, mask)  # compiles (JAX) and warms caches; the rest are timed
+      seconds = []
+      for _ in range(_ROUNDS.value):
+        start = time.perf_counter()
+        out = np.asarray(model(mixture, video, mask))
+        seconds.append(time.perf_counter() - start)
+      return out, min(seconds)
     return run
 
   return {name: timed(m) for name, m in models.items()}, 0
@@ -101,21 +130,27 @@ def stream_engines(loaded, calibration, tmp):
   """As `offline_engines`, streamed in `--step_ms` steps; the delay is the stream's."""
   config = loaded.config.model
   streamers = {"jax f32": engine.Streamer(config, loaded.params, step_ms=_STEP_MS.value)}
-  for name, quantize in (("onnx f32", None), ("onnx int8 dynamic", "dynamic"),
-                         ("onnx int8 static", "static")):
+  variants = [("onnx f32", None, None)] + [
+      (f"onnx int8 {mode} {weights}", mode, weights)
+      for mode in onnx_export.QUANTIZE_MODES for weights in _INT8_WEIGHTS.value]
+  for name, quantize, weights in variants:
     path = os.path.join(tmp, name.replace(" ", "_"))
     onnx_export.export_stream(config, loaded.params, path, step_ms=_STEP_MS.value,
                               quantize=quantize,
-                              calibration=calibration if quantize == "static" else None)
+                              calibration=calibration if quantize == "static" else None,
+                              int8_weights=weights or onnx_export.INT8_WEIGHTS[0])
     streamers[name] = onnx_engine.OnnxStreamer(path, threads=2)
 
   def streamed(streamer):
     def run(mixture, video, mask):
       step = streamer.step_samples  # whole steps: the stream drops a partial last one
-      out, compute, _, _ = driver.drive(streamer, mixture[:, :mixture.shape[1] // step * step],
-                                        video, mask)
-      # The first steps compile (JAX) or warm caches: their mean stands in for them.
-      return out, float(np.mean(compute[5:]) * len(compute))
+      seconds = []
+      for _ in range(_ROUNDS.value):
+        out, compute, _, _ = driver.drive(
+            streamer, mixture[:, :mixture.shape[1] // step * step], video, mask)
+        # The first steps compile (JAX) or warm caches: their mean stands in for them.
+        seconds.append(float(np.mean(compute[5:]) * len(compute)))
+      return out, min(seconds)
     return run
 
   return ({name: streamed(s) for name, s in streamers.items()},
@@ -124,7 +159,9 @@ def stream_engines(loaded, calibration, tmp):
 
 def main(argv):
   del argv
-  loaded = separate.load_model(_CHECKPOINT.value)
+  checkpoint = _CHECKPOINT.value
+  loaded = (separate.load_shipped(checkpoint) if checkpoint.endswith(".safetensors")
+            else separate.load_model(checkpoint))
   config = loaded.config.model
   causal = bool(config.get("causal"))
   test = mixtures("test", _EXAMPLES.value, config, seed=7)
@@ -132,7 +169,8 @@ def main(argv):
                  for b in mixtures("validation", _CALIBRATION.value, config, seed=8)]
   results = {"checkpoint": os.path.abspath(_CHECKPOINT.value), "step": loaded.step,
              "causal": causal, "examples": _EXAMPLES.value, "speakers": _SPEAKERS.value,
-             "rows": []}
+             "processor": processor(), "rows": []}
+  print("processor:", results["processor"])
   with tempfile.TemporaryDirectory() as tmp:
     make = stream_engines if causal else offline_engines
     engines, delay = make(loaded, calibration, tmp)
@@ -157,7 +195,7 @@ def main(argv):
       base = base or row
       row["si_snri_drop"] = base["si_snri"][0] - row["si_snri"][0]
       results["rows"].append(row)
-      print(f"{name:18s} SI-SNRi {row['si_snri'][0]:6.2f} ± {row['si_snri'][1]:.2f} dB  "
+      print(f"{name:22s} SI-SNRi {row['si_snri'][0]:6.2f} ± {row['si_snri'][1]:.2f} dB  "
             f"SDRi {row['sdri'][0]:6.2f} ± {row['sdri'][1]:.2f} dB  "
             f"drop {row['si_snri_drop']:+.2f} dB  vs f32 {row['snr_vs_jax_f32_db']:5.1f} dB  "
             f"RTF {row['real_time_factor']:.3f}")

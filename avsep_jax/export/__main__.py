@@ -9,7 +9,10 @@ torch: a safetensors file of the PyTorch mirror with the model config in its met
 (dynamic batch and length); --quantize int8 writes the INT8 model instead: MatMul
 weights in INT8 with activations quantized at run time (dynamic), or with
 --calibration N static QDQ INT8 whose activation ranges come from N validation
-mixtures of the run's dataset (under --data_dir, default the run's). stream (a causal model only): a directory PATH with the step graphs
+mixtures of the run's dataset (under --data_dir, default the run's). Weights and
+activations are u8, which onnxruntime multiplies exactly on every x86-64 processor
+(s8 weights saturate without VNNI; `onnx_export.INT8_WEIGHTS`). stream (a causal
+model only): a directory PATH with the step graphs
 `video_step.onnx`, `audio_step.onnx` and `stream.json`, run by
 `avsep_jax.stream.onnx_engine.OnnxStreamer`; --step-ms sets the audio per step, and
 --quantize int8 quantizes the MatMuls the same two ways (static: calibrated on the

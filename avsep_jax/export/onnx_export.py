@@ -25,6 +25,16 @@ OUTPUT_NAMES = ("waveforms",)
 FORMAT_TAG = "avsep_jax.export.onnx/1"
 OPSET = 20
 QUANTIZE_MODES = ("dynamic", "static")
+# INT8 weight formats, the default first. onnxruntime's x86-64 kernel for u8 x s8
+# (activations x weights) on processors without VNNI (AVX2; AVX-512 without VNNI)
+# multiplies with VPMADDUBSW, which sums two adjacent products into a saturating int16:
+# s8 weights lost 25 dB of agreement there (BENCHMARKS.md, "INT8 per instruction set").
+# 'u8' (u8 activations and weights) runs on a kernel that widens to int16 before
+# multiplying, exact on every x86-64 path and as accurate as s8 with VNNI; 's7'
+# (`reduce_range`: weights in [-64, 63]) cannot saturate either but loses a bit: 5-6 dB.
+INT8_WEIGHTS = ("u8", "s7", "s8")
+# VPMADDUBSW's int16 pair sums of u8 activations (<= 255) times s8 weights.
+_INT16_RANGE = (-32768, 32767)
 # Export-time example: 0.4 s, within the dynamic ranges below.
 _EXAMPLE_SAMPLES = 6_400
 
@@ -126,7 +136,7 @@ class OnnxSeparator:
                                    "speaker_mask": speaker_mask})[0]
 
 
-def quantize_int8(src, dst, mode="dynamic", calibration=None):
+def quantize_int8(src, dst, mode="dynamic", calibration=None, weights=INT8_WEIGHTS[0]):
   """INT8 weight matmuls of an exported model (the STFT convs stay float).
 
   MatMul only: quantizing the STFT/iSTFT convolutions costs far more accuracy than it
@@ -138,6 +148,7 @@ def quantize_int8(src, dst, mode="dynamic", calibration=None):
       (QDQ INT8 MatMuls, activation ranges calibrated on `calibration`).
     calibration: for 'static': a list of (mixture (B, T) float32, video (B, S, F, H, W)
       uint8, speaker_mask (B, S) bool) inputs the f32 model is run on.
+    weights: one of INT8_WEIGHTS (the first, 'u8', is exact on every x86-64 CPU).
   """
   import onnx
   config = read_config(src)
@@ -151,7 +162,7 @@ def quantize_int8(src, dst, mode="dynamic", calibration=None):
              for m, v, k in calibration]
   elif mode != "dynamic":
     raise ValueError(f"quantize mode must be one of {QUANTIZE_MODES}, got {mode!r}")
-  _quantize_graph(str(src), str(dst), mode, feeds)
+  _quantize_graph(str(src), str(dst), mode, feeds, weights)
   proto = onnx.load(str(dst))
   _set_metadata(proto, config)
   onnx.save(proto, str(dst))
@@ -183,7 +194,7 @@ _MAX_CALIBRATION_FEEDS = 256
 
 
 def export_stream(model_config, params, directory, *, step_ms=20.0, quantize=None,
-                  calibration=None):
+                  calibration=None, int8_weights=INT8_WEIGHTS[0]):
   """Writes the causal model's two step graphs and their metadata to `directory`.
 
   `video_step.onnx` (one mouth frame per slot) and `audio_step.onnx` (`step_ms` of
@@ -203,6 +214,7 @@ def export_stream(model_config, params, directory, *, step_ms=20.0, quantize=Non
     calibration: for 'static': a list of (mixture (T,) or (B, T), video (S, F, H, W)
       or (B, S, F, H, W), speaker_mask (S,) or (B, S)) recordings; the f32 graphs
       stream them and the step inputs they see calibrate the ranges.
+    int8_weights: with `quantize`, one of INT8_WEIGHTS.
 
   Returns:
     `directory`.
@@ -222,6 +234,8 @@ def export_stream(model_config, params, directory, *, step_ms=20.0, quantize=Non
   if quantize == "static" and not calibration:
     raise ValueError("static INT8 needs calibration recordings (a list of "
                      "(mixture, video, speaker_mask))")
+  if int8_weights not in INT8_WEIGHTS:
+    raise ValueError(f"INT8 weights must be one of {INT8_WEIGHTS}, got {int8_weights!r}")
   reference = Streamer(model_config, params, step_ms)  # validates config and step
   m = model_config
   s, roi, hop = int(m.num_speakers), int(m.roi_size), int(m.stft_scales[0][2])
@@ -234,13 +248,15 @@ def export_stream(model_config, params, directory, *, step_ms=20.0, quantize=Non
   state = torch_stream.init_state(m, np.ones((1, s), bool))
   model_id = reference.model_id
   if quantize:
-    model_id = zlib.crc32(f"{model_id}:int8-{quantize}".encode()) & 0x7FFFFFFF
+    model_id = zlib.crc32(
+        f"{model_id}:int8-{quantize}-{int8_weights}".encode()) & 0x7FFFFFFF
   meta = {
       "format": onnx_engine.FORMAT_TAG,
       "model_config": json.loads(m.to_json()),
       "step_ms": step_ms, "step_samples": reference.step_samples,
       "delay": reference.delay, "batch": 1, "speakers": s,
       "model_id": model_id, "quantize": quantize, "opset": OPSET,
+      "int8_weights": int8_weights if quantize else None,
       "state": [[n, list(shape), dtype]
                 for n, shape, dtype in torch_stream.state_spec(m, 1, s)],
   }
@@ -258,12 +274,13 @@ def export_stream(model_config, params, directory, *, step_ms=20.0, quantize=Non
           opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
     _set_stream_metadata(path, reference.model_id)
   with open(os.path.join(directory, onnx_engine.METADATA), "w") as f:
-    json.dump({**meta, "model_id": reference.model_id, "quantize": None}, f, indent=1)
+    json.dump({**meta, "model_id": reference.model_id, "quantize": None,
+               "int8_weights": None}, f, indent=1)
   if quantize:
     feeds = (_record_feeds(directory, calibration) if quantize == "static" else None)
     for graph in steps:
       path = os.path.join(directory, f"{graph}.onnx")
-      _quantize_graph(path, path, quantize, feeds and feeds[graph])
+      _quantize_graph(path, path, quantize, feeds and feeds[graph], int8_weights)
       _set_stream_metadata(path, model_id)
     with open(os.path.join(directory, onnx_engine.METADATA), "w") as f:
       json.dump(meta, f, indent=1)
@@ -314,15 +331,20 @@ def _record_feeds(directory, recordings):
   return out
 
 
-def _quantize_graph(src, dst, mode, feeds=None):
+def _quantize_graph(src, dst, mode, feeds=None, weights=INT8_WEIGHTS[0]):
   """INT8 MatMuls of graph `src` written to `dst` (may be `src`); the STFT convs stay
-  float. `feeds`: the calibration inputs for 'static' (a list of {input: array})."""
+  float. `feeds`: the calibration inputs for 'static' (a list of {input: array});
+  `weights`: one of INT8_WEIGHTS."""
   from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                         quantize_dynamic, quantize_static)
+  if weights not in INT8_WEIGHTS:
+    raise ValueError(f"INT8 weights must be one of {INT8_WEIGHTS}, got {weights!r}")
+  qtype = QuantType.QUInt8 if weights == "u8" else QuantType.QInt8
+  common = dict(op_types_to_quantize=["MatMul"], per_channel=True, weight_type=qtype,
+                reduce_range=weights == "s7")
   tmp = dst + ".int8"
   if mode == "dynamic":
-    quantize_dynamic(src, tmp, op_types_to_quantize=["MatMul"], per_channel=True,
-                     weight_type=QuantType.QInt8)
+    quantize_dynamic(src, tmp, **common)
   else:
     class Reader(CalibrationDataReader):
       def __init__(self):
@@ -332,6 +354,47 @@ def _quantize_graph(src, dst, mode, feeds=None):
         return next(self.it, None)
 
     quantize_static(src, tmp, Reader(), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=["MatMul"], per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                    activation_type=qtype, **common)
   os.replace(tmp, dst)
+
+
+def saturating_matmuls(path):
+  """The integer MatMuls of an ONNX graph whose int16 pair sums can saturate on x86-64
+  without VNNI, with their worst pair sum.
+
+  onnxruntime runs an integer MatMul by constant weights (MatMulInteger of dynamic
+  INT8; MatMul of a DequantizeLinear'd initializer in QDQ) with u8 activations (s8
+  ones are shifted to u8) on a kernel chosen by the weights' type: u8 widens to int16
+  before multiplying (exact); s8 without VNNI uses VPMADDUBSW, which sums two adjacent
+  products of a column, each up to 255 x weight, in int16. Weights (K, N) are safe when
+  in each column the two largest positive and the two most negative weights times 255
+  stay in int16, whatever order the kernel packs K in. (Products of two activations in
+  QDQ, attention's QK and AV, run as u8 x u8 after onnxruntime's x86 rewrite of s8
+  activations: the 7-bit static export, whose only s8 operands there are activations,
+  agrees alike with and without VNNI.)
+
+  Returns:
+    [(MatMul node name, worst pair sum)] of those that can saturate.
+  """
+  import onnx
+  from onnx import numpy_helper
+  graph = onnx.load(str(path)).graph
+  constants = {t.name: t for t in graph.initializer}
+  producer = {o: n for n in graph.node for o in n.output}
+  worst = []
+  for node in graph.node:
+    name = node.input[1] if node.op_type in ("MatMul", "MatMulInteger") else None
+    if node.op_type == "MatMul":
+      dq = producer.get(name)
+      name = dq.input[0] if dq is not None and dq.op_type == "DequantizeLinear" else None
+    if name not in constants:
+      continue
+    w = numpy_helper.to_array(constants[name])
+    if w.dtype != np.int8:
+      continue
+    w = np.sort(w.astype(np.int32), axis=-2)
+    high = 255 * np.maximum(w[..., -2:, :], 0).sum(axis=-2).max()
+    low = 255 * np.minimum(w[..., :2, :], 0).sum(axis=-2).min()
+    if high > _INT16_RANGE[1] or low < _INT16_RANGE[0]:
+      worst.append((node.name, int(high if high > -low else low)))
+  return worst

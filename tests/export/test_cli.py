@@ -64,6 +64,7 @@ def test_static_int8_onnx_calibrated_on_validation_mixtures(checkpoint, tiny_dat
   assert "int8 static" in capsys.readouterr().out
   ops = {n.op_type for n in onnx.load(str(i8)).graph.node}
   assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "MatMulInteger" not in ops
+  assert onnx_export.saturating_matmuls(i8) == []  # the same on processors without VNNI
   assert "ConvInteger" not in ops and "Conv" in ops  # the STFT stays float
   assert json.loads(onnx_export.read_config(i8).to_json()) == json.loads(
       config.model.to_json())
