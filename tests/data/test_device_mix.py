@@ -1,8 +1,8 @@
 """On-device mixing: the grain path's contract and statistics, determinism, and the
 trainer's `config.input='device'` training and resuming at the right step."""
 
-import importlib.util
 import dataclasses
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -12,6 +12,7 @@ import sys
 import grain
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from scipy import stats
 
@@ -263,14 +264,15 @@ def smoke_config():
   return module.get_config("smoke")
 
 
-def run_main(workdir, data_dir, cache, *overrides):
+def run_main(workdir, data_dir, *overrides):
+  """`python -m avsep_jax.main` on the 6-speaker smoke config with on-device input;
+  its compilation cache is the test run's (JAX_COMPILATION_CACHE_DIR, conftest)."""
   cmd = [sys.executable, "-m", "avsep_jax.main", f"--config={ROOT}/configs/6spk.py:smoke",
          f"--workdir={workdir}", f"--config.data_dir={data_dir}", "--config.input=device",
          "--config.batch_size=4", "--config.eval_examples=4",
          "--config.eval_every_steps=100", "--config.checkpoint_every_steps=2",
          *overrides]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
   result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env,
                           timeout=600)
   assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
@@ -278,7 +280,6 @@ def run_main(workdir, data_dir, cache, *overrides):
 
 
 def checkpoint_params(workdir, step):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = str(pathlib.Path(workdir) / "checkpoints" / str(step) / "state")
   checkpointer = ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(path).item_metadata.tree
@@ -286,13 +287,13 @@ def checkpoint_params(workdir, step):
   return checkpointer.restore(path, restore_args=as_numpy)["params"]
 
 
+@pytest.mark.slow
 def test_device_input_trains_and_resumes_at_the_right_step(tiny_data_dir, tmp_path):
-  cache = str(tmp_path / "jax_cache")
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  run_main(straight, tiny_data_dir, cache, "--config.total_steps=4")
+  run_main(straight, tiny_data_dir, "--config.total_steps=4")
   shutil.copytree(straight, resumed)
   shutil.rmtree(resumed / "checkpoints" / "4")
-  out = run_main(resumed, tiny_data_dir, cache, "--config.total_steps=4")
+  out = run_main(resumed, tiny_data_dir, "--config.total_steps=4")
   assert "at step 2" in out, out
   a, b = checkpoint_params(straight, 4), checkpoint_params(resumed, 4)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
