@@ -60,6 +60,7 @@ def test_ipynb_is_the_py_without_outputs(name):
           f"colabs/{name}.ipynb has outputs; clear them before committing")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_headless(name, notebook_env, tmp_path, monkeypatch):
   for key, value in notebook_env.items():

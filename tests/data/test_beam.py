@@ -48,6 +48,7 @@ def _assert_same_builds(plain, on_beam):
           == {k: v.num_examples for k, v in on_beam.info.splits.items()})
 
 
+@pytest.mark.slow
 def test_synthav_beam_build_equals_the_generator_build(tmp_path):
   def build(use_beam):
     builder = synthav.SynthAV(config=SYNTHAV_MICRO, data_dir=str(tmp_path / str(use_beam)),
@@ -73,6 +74,7 @@ def test_synthav_beam_build_equals_the_generator_build(tmp_path):
     beam_testing.assert_that(keys, beam_testing.equal_to(plain_keys))
 
 
+@pytest.mark.slow
 def test_corpus_beam_build_equals_the_generator_build(tmp_path, monkeypatch):
   manual_dir = tmp_path / "manual"
   test_corpora.make_lrs3(manual_dir)

@@ -18,6 +18,7 @@ def records(data_dir, split):
   return [source[i] for i in range(len(source))]
 
 
+@pytest.mark.slow
 def test_two_builds_give_identical_bytes(tiny_data_dir, tmp_path):
   builder_lib.build("tiny", str(tmp_path))
   files = sorted(pathlib.Path(tiny_data_dir).rglob("*.array_record-*"))

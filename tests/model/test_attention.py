@@ -114,6 +114,7 @@ def test_pallas_impl_falls_back_to_xla_for_per_query_masks(caplog):
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("streaming", [False, True])
 def test_smoke_model_gives_the_same_outputs_with_pallas_as_with_xla(streaming, caplog):
   # Streaming: causal time attention with a window; the fusion's speaker-time mask then
