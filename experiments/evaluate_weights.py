@@ -27,12 +27,22 @@ _TEST_EXAMPLES = flags.DEFINE_integer("test_examples", None,
                                       "Mixtures per speaker count (default: config's).")
 _BATCH = flags.DEFINE_integer("batch_size", 4, "Mixtures per call.")
 _JSON = flags.DEFINE_string("json", None, "Also write the summary here.")
+_SECONDS = flags.DEFINE_float(
+    "segment_seconds", None, "Mixture length (default: the config's, as trained); "
+    "set it to compare weights trained on other lengths on the same mixtures.")
+_DTYPE = flags.DEFINE_string(
+    "dtype", None, "Compute dtype (default: the file's config; weights trained with "
+    "bfloat16 compute on a GPU are served in float32 on CPUs).")
 
 
 def main(argv):
   del argv
   loaded = loading.load_shipped(_WEIGHTS.value)
   config = loaded.config
+  if _DTYPE.value:
+    config.model.dtype = _DTYPE.value
+  if _SECONDS.value:
+    config.segment_seconds = _SECONDS.value
   config.data_dir = _DATA_DIR.value
   data_dir = train.ensure_dataset(config)
   separate_fn = loading.make_separate_fn(loaded)
@@ -48,7 +58,8 @@ def main(argv):
                                         batch["mixture"], batch["speaker_mask"],
                                         pesq_stoi=False)
   summary = evaluation.summarize(records)
-  print(f"{_WEIGHTS.value} (step {loaded.step}), {config.dataset} test split:")
+  print(f"{_WEIGHTS.value} (step {loaded.step}, {config.model.dtype} compute), "
+        f"{config.dataset} test split, {config.segment_seconds:g} s mixtures:")
   print(evaluation.format_table(summary))
   if _JSON.value:
     evaluation.write_json(_JSON.value, summary, split="test", weights=_WEIGHTS.value,

@@ -1,11 +1,12 @@
 r"""Makes the shipped weights' file from a training workdir, scored and described.
 
-  python -m avsep_jax.pretrained --checkpoint=WORKDIR --data_dir=DIR \
-      [--which=best] [--test_json=WORKDIR/eval/test_best_<step>.json] \
+  python -m avsep_jax.pretrained --checkpoint=WORKDIR_OR_FILE --data_dir=DIR \
+      [--which=best] [--test_json=WORKDIR/eval/test_best_<step>.json] [--dtype=float32] \
       [--output=avsep_jax/pretrained/lite_6spk.safetensors] [--trained_by="COMMAND"] \
       [--storage=int8]
 
-Restores the checkpoint's parameters (`loading.load_model`), scores them on the
+Restores the checkpoint's parameters (`loading.load_model`), or reads a weights file
+(one that came back from a GPU, say, with --dtype=float32 for CPUs), scores them on the
 reference mixtures (`pretrained.reference_mixtures`; SynthAV tiny is built under DIR
 first if absent), and writes the file with a card holding the source, this command, the
 reference figure and, with --test_json, the run's test-split table (from
@@ -34,7 +35,9 @@ from avsep_jax.data.synthav import builder
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m avsep_jax.pretrained",
                                    description=__doc__.splitlines()[0])
-  parser.add_argument("--checkpoint", required=True, help="training workdir")
+  parser.add_argument("--checkpoint", required=True,
+                      help="training workdir, or a weights file of this format (e.g. "
+                           "a GPU sprint's), re-scored and re-written")
   parser.add_argument("--data_dir", required=True,
                       help="TFDS data dir holding (or to hold) SynthAV tiny")
   parser.add_argument("--which", choices=("best", "latest"), default="best")
@@ -45,18 +48,29 @@ def main(argv=None):
                       help="int8 (compact, the shipped form) or float32 (exact)")
   parser.add_argument("--trained_by", default=None,
                       help="the command that trained the checkpoint, for the card")
+  parser.add_argument("--dtype", default=None,
+                      help="compute dtype written into the file's config (default: the "
+                           "run's); float32 for weights trained in bfloat16 on an "
+                           "accelerator and served on CPUs")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.ERROR)
 
-  loaded = loading.load_model(args.checkpoint, args.which)
+  if os.path.isfile(args.checkpoint):
+    loaded = loading.load_shipped(args.checkpoint)
+    source = dict(pretrained.load(args.checkpoint)[2]["source"],
+                  weights_file=os.path.basename(args.checkpoint))
+  else:
+    loaded = loading.load_model(args.checkpoint, args.which)
+    source = {"workdir": os.path.basename(os.path.normpath(args.checkpoint)),
+              "trained_by": args.trained_by, "step": loaded.step, "which": loaded.which}
+  if args.dtype:
+    loaded.config.model.dtype = args.dtype
   builder.build("tiny", args.data_dir)
   mixtures = pretrained.reference_mixtures(args.data_dir, loaded.num_slots)
   scores = pretrained.si_snri(loading.make_separate_fn(loaded), mixtures)
   n = len(scores)
   card = {
-      "source": {"workdir": os.path.basename(os.path.normpath(args.checkpoint)),
-                 "trained_by": args.trained_by, "step": loaded.step,
-                 "which": loaded.which},
+      "source": source,
       "step": loaded.step,
       "params_key": loaded.params_key,
       "made": datetime.date.today().isoformat(),

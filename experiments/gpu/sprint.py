@@ -290,6 +290,9 @@ def main(argv=None):
   data_dir = os.path.abspath(args.data_dir or "/tmp/avsep_tfds")
   workdir = os.path.abspath(args.workdir or "/tmp/avsep_sprint_run")
   py = sys.executable
+  # Stages compile the same programs (validation's predict, then evaluation's; the
+  # weights tool's two scorings): one persistent cache for all of them.
+  sprint.env["JAX_COMPILATION_CACHE_DIR"] = workdir + "_xla_cache"
   budget = 60 * args.minutes
   skipped = set(args.skip.split(","))
   training = not {"train", "evaluate"} <= skipped
