@@ -103,6 +103,7 @@ def test_permuting_speakers_permutes_outputs():
                              np.asarray(aux["alignment"])[:, perm], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_jit_grad_of_loss_is_finite_and_reaches_every_component():
   mixture, video, mask = make_inputs(2, 3, seed=3)
   sources = np.random.default_rng(4).normal(size=(2, 3, SAMPLES)).astype(np.float32)
@@ -136,6 +137,7 @@ def test_bf16_compute_is_close_to_f32():
   assert agreement.min() > 20.0, agreement  # dB of bf16 output vs f32 output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     dict(phase="griffin_lim", griffin_lim_iters=4),
     dict(fusion_alignment="interpolate"),
