@@ -54,6 +54,7 @@ def test_stream_variant_is_lite_made_causal():
     model_lib.avsep.check_causal(lite)
 
 
+@pytest.mark.slow
 def test_causal_model_output_ignores_later_input():
   config, net, params = model_and_params(2)
   mixture, video, mask = inputs(1, 2)
@@ -72,7 +73,8 @@ def test_causal_model_output_ignores_later_input():
 
 
 @pytest.mark.parametrize("num_speakers,absent,activity_cue,step_ms", [
-    (2, (), False, 20), (2, (1,), True, 10), (6, (2, 4, 5), False, 40), (6, (), True, 20)])
+    (2, (), False, 20), (2, (1,), True, 10),
+    pytest.param(6, (2, 4, 5), False, 40, marks=pytest.mark.slow), (6, (), True, 20)])
 def test_stream_equals_offline_shifted_by_the_delay(num_speakers, absent, activity_cue,
                                                     step_ms):
   config, net, params = model_and_params(num_speakers, activity_cue)
