@@ -214,6 +214,7 @@ def test_video_one_frame_off_is_accepted():
   assert out.shape == (1, 2, SAMPLES)
 
 
+@pytest.mark.slow
 def test_activity_cue_reaches_the_decoder_and_defaults_to_the_lips():
   config = model_lib.model_config("smoke", num_speakers=2)
   config.decoder.activity_cue = True
@@ -237,6 +238,7 @@ def test_activity_cue_reaches_the_decoder_and_defaults_to_the_lips():
   np.testing.assert_allclose(np.asarray(mixed)[1], np.asarray(lips)[1], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_audio_only_baseline_ignores_the_video_and_learns_under_pit():
   import optax
   config = model_lib.model_config("smoke", num_speakers=2)

@@ -74,6 +74,7 @@ def test_stream_writes_the_offline_models_voices_and_latency(stream_checkpoint,
     assert np.abs(expected[slot]).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_realtime_pacing_and_bad_input(stream_checkpoint, make_checkpoint, tmp_path,
                                        run_stream):
   write_input(tmp_path / "short.npz", 6_400)
