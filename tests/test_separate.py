@@ -86,6 +86,7 @@ def read_wav(path):
     return w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), "<i2")
 
 
+@pytest.mark.slow
 def test_two_faces_give_two_wavs_a_summary_and_mp4s(media, checkpoint, tmp_path,
                                                     run_separate):
   out = tmp_path / "result"
@@ -119,6 +120,7 @@ def test_two_faces_give_two_wavs_a_summary_and_mp4s(media, checkpoint, tmp_path,
   assert sorted(os.listdir(tmp_path)) == ["result"]  # no temporary directory left
 
 
+@pytest.mark.slow
 def test_more_faces_than_slots_keeps_the_most_visible(media, checkpoint, tmp_path,
                                                       run_separate):
   out = tmp_path / "result"
