@@ -203,6 +203,7 @@ def _first(tree, key):
   return next((f for f in (_first(c, key) for c in children) if f is not None), None)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_and_the_teacher_is_sharded_and_unchanged(
     runs, teacher):
   eight, scalars = runs["driver"], _scalars(runs["cli"])
@@ -265,6 +266,7 @@ def _numpy_si_snr(estimate, reference):
   return 10 * np.log10(np.sum(target ** 2) / np.sum((estimate - target) ** 2))
 
 
+@pytest.mark.slow
 def test_loss_terms_equal_independent_computations(runs):
   b, m = runs["driver"]["before"], runs["driver"]["metrics"]
   real = np.asarray(b["batch"]["speaker_mask"])
@@ -292,12 +294,14 @@ def test_loss_terms_equal_independent_computations(runs):
       m["loss"], sum(w * m[f"loss_{k}"] for k, w in weights.items()), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_distillation_loss_falls_on_one_batch(runs):
   losses = runs["driver"]["losses"]
   assert len(losses) == STEPS and np.all(np.isfinite(losses))
   assert losses[-1] < losses[0] - 1.0, losses
 
 
+@pytest.mark.slow
 def test_cli_writes_a_student_checkpoint_that_separate_loads(runs):
   assert re.search(r"^teacher: step 0 \(latest, params\) of .*distill_teacher",
                    runs["stdout"], re.M), runs["stdout"]
@@ -342,6 +346,7 @@ def _teacher_with(tmp_path, teacher, name, *, config=True, steps=True, **model):
   return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, expected", [
     ("none", r"^distillation needs a teacher: pass --config.teacher_workdir=DIR"),
     ("missing", r"^teacher: no such checkpoint directory: .*nowhere$"),
@@ -372,6 +377,7 @@ def test_bad_teacher_is_named_in_one_line(teacher, tmp_path, case, expected):
   assert re.search(expected, message) and "\n" not in message, message
 
 
+@pytest.mark.slow
 def test_cli_with_an_incompatible_teacher_exits_with_one_error_line(
     teacher, tiny_data_dir, tmp_path):
   wider = _teacher_with(tmp_path, teacher, "wider", **{"audio.d_model": 48})

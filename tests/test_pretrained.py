@@ -40,6 +40,7 @@ def _fast_bss_eval_si_snri(estimates, mixtures):
   return np.bincount(n, per_speaker) / np.bincount(n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [pretrained.DEFAULT, pretrained.DEFAULT_STREAM],
                          ids=["lite", "stream"])
 def test_shipped_weights_separate_as_readme_says(tiny_data_dir, path):

@@ -68,6 +68,7 @@ def grain_batches(tiny_data_dir):
   return [next(it) for _ in range(48)]
 
 
+@pytest.mark.slow
 def test_batches_have_the_grain_paths_fields_shapes_and_dtypes(device_batches,
                                                                grain_batches):
   got, want = device_batches[0], grain_batches[0]
@@ -192,6 +193,7 @@ def test_utterance_draws_are_distinct_speakers_spread_over_every_utterance(host_
   assert stats.chisquare(histogram).pvalue > 1e-3
 
 
+@pytest.mark.slow
 def test_batches_depend_on_seed_and_step_only_and_resume_continues(
     tiny_data_dir, data, batch_sharding):
   def factory(seed):

@@ -24,6 +24,7 @@ def fixture_run_export(run_module):
   return functools.partial(run_module, "avsep_jax.export")
 
 
+@pytest.mark.slow
 def test_torch_export_and_bad_checkpoints(checkpoint, tmp_path, run_export):
   out = tmp_path / "model.safetensors"
   result = run_export("--checkpoint", checkpoint, "--format", "torch", "--output", out)
@@ -50,6 +51,7 @@ def test_torch_export_and_bad_checkpoints(checkpoint, tmp_path, run_export):
     assert not (tmp_path / "x.out").exists()
 
 
+@pytest.mark.slow
 def test_static_int8_onnx_calibrated_on_validation_mixtures(checkpoint, tiny_data_dir,
                                                             tmp_path, capsys):
   import onnx

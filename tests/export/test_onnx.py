@@ -40,6 +40,7 @@ def _inputs(cfg, batch, samples, seed):
   return mixture, video, mask
 
 
+@pytest.mark.slow
 def test_onnx_runtime_matches_torch_dynamic_shapes(exported):
   cfg, mirror, path = exported
   assert not path.with_name(path.name + ".data").exists()

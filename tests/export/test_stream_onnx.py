@@ -95,6 +95,7 @@ def snr_db(reference, estimate):
   return 10 * np.log10(np.sum(reference ** 2) / np.sum((estimate - reference) ** 2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_speakers,absent,activity_cue,step_ms", [
     (2, (1,), True, 20), (6, (2, 4, 5), False, 40)])
 def test_onnx_and_torch_streams_equal_the_jax_stream(export_dir, num_speakers, absent,
@@ -244,6 +245,7 @@ def test_misuse_gets_a_clear_error(export_dir, tmp_path):
   assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_cli_writes_a_stream_directory(make_checkpoint, tmp_path, capsys):
   from avsep_jax import separate
   from avsep_jax.export.__main__ import main

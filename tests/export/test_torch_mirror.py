@@ -45,6 +45,7 @@ def _compare(cfg, mixture, video, mask, seed=0):
   return variables, mirror
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_speakers,mask,method", [
     (2, [[True, True], [True, False]], "interpolate"),
     (6, [[True, True, False, True, False, False], [True] * 6], "soft_dtw"),
@@ -90,6 +91,7 @@ def test_soft_dtw_backward_is_the_gradient():
   np.testing.assert_allclose(expected.detach().numpy(), grad.numpy(), rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_mirror_matches_jax_griffin_lim_window():
   cfg = model_config("smoke", 2)
   cfg.fusion.alignment = "interpolate"
@@ -100,6 +102,7 @@ def test_mirror_matches_jax_griffin_lim_window():
   _compare(cfg, mixture, video, mask, seed=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_speakers,mask,num_samples,activity_cue", [
     (2, [[True, True], [True, False]], 8_000, False),
     (6, [[True, False, True, True, False, False], [True] * 6], 8_050, True),
