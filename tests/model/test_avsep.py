@@ -45,7 +45,8 @@ def jitted_apply(**overrides):
 
 # One slot, the fewest a mixture has, the most: each count is a compile (~20 s), and
 # 4 slots run in the padded-slot test below.
-@pytest.mark.parametrize("speakers", [1, 2, 6])
+@pytest.mark.parametrize("speakers", [pytest.param(1, marks=pytest.mark.slow), 2,
+                                      pytest.param(6, marks=pytest.mark.slow)])
 def test_output_shapes_for_each_speaker_count(speakers):
   mixture, video, mask = make_inputs(2, speakers)
   out, aux = jitted_apply()(smoke_params(), mixture, video, mask)
@@ -208,6 +209,7 @@ def test_bad_input_gets_a_clear_error(change, match):
                   sample_rate=sample_rate)
 
 
+@pytest.mark.slow
 def test_video_one_frame_off_is_accepted():
   mixture, video, mask = make_inputs(1, 2)
   out, _ = jitted_apply()(smoke_params(), mixture, video[:, :, :FRAMES - 1], mask)
