@@ -20,7 +20,6 @@ import sys
 import jax
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
@@ -30,6 +29,7 @@ from avsep_jax import parallel
 from avsep_jax import separate
 from avsep_jax import train
 from avsep_jax.model import AVSeparator
+from test_train import first, state  # pylint: disable=g-bad-import-order
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8  # driver steps on its one batch
@@ -185,24 +185,6 @@ def _scalars(workdir):
   return {t: {e.step: e.value for e in acc.Scalars(t)} for t in acc.Tags()["scalars"]}
 
 
-def _checkpoint_state(workdir, step):
-  """The saved train state as nested dicts and lists of numpy arrays."""
-  path = str(workdir / "checkpoints" / str(step) / "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return checkpointer.restore(path, restore_args=as_numpy)
-
-
-def _first(tree, key):
-  """The first value under `key` in nested dicts and lists (depth first), or None."""
-  if isinstance(tree, dict) and key in tree:
-    return tree[key]
-  children = tree.values() if isinstance(tree, dict) else (
-      tree if isinstance(tree, (list, tuple)) else ())
-  return next((f for f in (_first(c, key) for c in children) if f is not None), None)
-
-
 @pytest.mark.slow
 def test_eight_devices_match_one_and_the_teacher_is_sharded_and_unchanged(
     runs, teacher):
@@ -212,7 +194,7 @@ def test_eight_devices_match_one_and_the_teacher_is_sharded_and_unchanged(
                                rtol=2e-4, atol=1e-5, err_msg=name)
   np.testing.assert_allclose(eight["metrics"]["grad_norm"], scalars["train/grad_norm"][1],
                              rtol=2e-4)
-  saved_state = _checkpoint_state(runs["cli"], 1)
+  saved_state = state(runs["cli"], 1)
   one = _keyed(saved_state["params"])
   assert one.keys() == eight["student"].keys()
   # Gradients, not updates: Adam's first update is about lr * sign(gradient), so where
@@ -223,7 +205,7 @@ def test_eight_devices_match_one_and_the_teacher_is_sharded_and_unchanged(
   # is the 8-way sums' rounding: measured 4e-6 (AVX-512) and 6e-6 (AVX2-only) of the
   # gradient's norm, at most 6e-5 of any one parameter's, while a batch split wrongly
   # across devices, or a parameter's gradient left out, is off by O(1).
-  g1 = _keyed(_first(saved_state["opt_state"], "mu")["params"])
+  g1 = _keyed(first(saved_state["opt_state"], "mu")["params"])
   g8 = eight["first_moment"]
   assert g1.keys() == g8.keys()
   flat1, flat8 = (np.concatenate([g[k].ravel() for k in sorted(g1)]) for g in (g1, g8))
