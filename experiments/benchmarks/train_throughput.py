@@ -52,6 +52,8 @@ def synthetic_batch(config, rng):
       "sources": sources,
       "video": rng.integers(0, 256, (b, s, frames, size, size), dtype=np.uint8),
       "speaker_mask": np.ones((b, s), bool),
+      "av_offset": np.zeros((b, s), np.int32),
+      "num_speakers": np.full((b,), s, np.int32),
   }
 
 

@@ -253,8 +253,9 @@ def environment_stage(small):
 def plan(args):
   """The config, overrides and sizes of this sprint."""
   if args.smoke or args.dry_run:
+    batch_size = args.batch_size or 2
     return {"config": args.config or "configs/2spk.py:smoke",
-            "dataset": "synthav/tiny", "batch_size": args.batch_size or 2,
+            "dataset": "synthav/tiny", "batch_size": batch_size,
             "steps": args.steps or 2, "evals": 1, "test_examples": 4,
             "attention": ["--seq_lens=128", "--head_dims=64", "--tokens=256",
                           "--model_dim=128", "--repeats=2", "--check_max_t=128",
@@ -262,8 +263,10 @@ def plan(args):
                          + (["--interpret", "--impls=pallas,xla"] if args.dry_run
                             else ["--impls=pallas,cudnn,xla"]),
             # On an accelerator, the speed of the full sprint's training step: what
-            # sizes its --steps.
-            "mfu": (["--config=configs/2spk.py", "--variants=smoke", "--steps=2"]
+            # sizes its --steps. On the CPU, the train stage's own step, which that
+            # stage then reads back from the compilation cache.
+            "mfu": (["--config=configs/2spk.py", "--variants=smoke", "--steps=2",
+                     f"--batch_size={batch_size}"]
                     if args.dry_run else
                     ["--config=configs/6spk.py", "--variants=lite", "--batch_size=32",
                      "--dtype=bfloat16", "--steps=5"])}
@@ -346,10 +349,14 @@ def main(argv=None):
   train_overrides = overrides + [
       f"--config.total_steps={p['steps']}", f"--config.input={args.input}",
       f"--config.eval_every_steps={max(p['steps'] // p['evals'], 1)}",
-      f"--config.checkpoint_every_steps={max(p['steps'] // p['evals'], 1)}",
-      f"--config.warmup_steps={min(max(p['steps'] // 10, 1), 2000)}"]
+      f"--config.checkpoint_every_steps={max(p['steps'] // p['evals'], 1)}"]
   if not (args.smoke or args.dry_run):
-    train_overrides.append("--config.model.dtype=bfloat16")
+    # A schedule sized to the run. Smoke runs keep the config's, whose warmup outlasts
+    # them: their train step is then the very program the mfu stage compiled, read
+    # back from the compilation cache instead of compiled again.
+    train_overrides += [
+        f"--config.warmup_steps={min(max(p['steps'] // 10, 1), 2000)}",
+        "--config.model.dtype=bfloat16"]
   main_cmd = [py, "-m", "avsep_jax.main", f"--config={p['config']}",
               f"--workdir={workdir}"]
   sprint.run("train", main_cmd + train_overrides,
