@@ -29,7 +29,6 @@ from avsep_jax import parallel
 from avsep_jax import separate
 from avsep_jax import train
 from avsep_jax.model import AVSeparator
-from test_train import first, state  # pylint: disable=g-bad-import-order
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8  # driver steps on its one batch
@@ -188,6 +187,9 @@ def _scalars(workdir):
 @pytest.mark.slow
 def test_eight_devices_match_one_and_the_teacher_is_sharded_and_unchanged(
     runs, teacher):
+  # Here, not at the top: this module also runs as the 8-device driver's script
+  # (`python -m tests.test_distill`), where test_train is not importable.
+  from test_train import first, state  # pylint: disable=g-import-not-at-top
   eight, scalars = runs["driver"], _scalars(runs["cli"])
   for name in ("loss", "loss_output", "loss_mask", "loss_feature", "loss_supervised"):
     np.testing.assert_allclose(eight["metrics"][name], scalars[f"train/{name}"][1],
