@@ -131,7 +131,9 @@ def make_voxceleb2(root):
 CORPORA = {"lrs2": make_lrs2, "lrs3": make_lrs3, "voxceleb2": make_voxceleb2}
 
 
-@pytest.mark.parametrize("corpus", sorted(CORPORA))
+# 7-8 s each: the fast tier builds LRS2.
+@pytest.mark.parametrize("corpus", [
+    c if c == "lrs2" else pytest.param(c, marks=pytest.mark.slow) for c in sorted(CORPORA)])
 def test_build_and_mix_one_batch(corpus, tmp_path):
   manual_dir, data_dir = tmp_path / "manual", tmp_path / "tfds"
   counts, skipped = CORPORA[corpus](manual_dir)

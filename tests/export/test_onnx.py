@@ -13,7 +13,9 @@ TOL = 1e-4
 
 
 # Each alignment once: soft-DTW's two Scans must follow the input's length.
-@pytest.fixture(scope="module", params=[(2, "interpolate"), (6, "soft_dtw")])
+# Each export takes 27 s of CPU: the fast tier keeps the 2-slot one.
+@pytest.fixture(scope="module", params=[
+    (2, "interpolate"), pytest.param((6, "soft_dtw"), marks=pytest.mark.slow)])
 def exported(request, tmp_path_factory):
   num_speakers, method = request.param
   cfg = model_config("smoke", num_speakers)

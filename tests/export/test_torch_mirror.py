@@ -57,6 +57,7 @@ def test_mirror_matches_jax(num_speakers, mask, method):
   _compare(cfg, mixture, video, mask)
 
 
+@pytest.mark.slow  # 20 s
 def test_mirror_matches_jax_soft_dtw_odd_length():
   cfg = model_config("smoke", 2)   # soft-DTW alignment, the default
   mixture, video, mask = _inputs(cfg, 1, 3_250, [[True, False]], seed=1)
@@ -133,6 +134,7 @@ def test_stft_istft_match_signal(scale, causal):
   np.testing.assert_allclose(got.numpy(), back, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # 13 s
 def test_safetensors_round_trip_and_wrong_config(tmp_path):
   cfg = model_config("smoke", 2)
   cfg.fusion.alignment = "interpolate"

@@ -44,6 +44,7 @@ def write_input(path, samples, seed=0):
   return mixture, video
 
 
+@pytest.mark.slow  # 27 s with its checkpoint
 def test_stream_writes_the_offline_models_voices_and_latency(stream_checkpoint,
                                                              tmp_path, run_stream):
   mixture, video = write_input(tmp_path / "in.npz", 16_000)
@@ -104,6 +105,7 @@ def test_realtime_pacing_and_bad_input(stream_checkpoint, make_checkpoint, tmp_p
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow  # 15 s with its checkpoint
 def test_weights_files_stream_and_the_missing_default_is_explained(
     stream_checkpoint, tmp_path, monkeypatch):
   # The causal weights in the repository stream without --model.
