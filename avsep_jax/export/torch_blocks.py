@@ -184,7 +184,7 @@ class Conv2dSame(nn.Module):
 
 
 class DepthwiseConv(nn.Module):
-  """`layers.DepthwiseConv`: per-channel filter, no bias, on (N, H, W, C)."""
+  """`depthwise.DepthwiseConv`: per-channel filter, no bias, on (N, H, W, C)."""
 
   def __init__(self, channels, kernel, strides=(1, 1), padding="SAME"):
     super().__init__()

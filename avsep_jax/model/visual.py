@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from avsep_jax import depthwise
 from avsep_jax.model import layers
 from avsep_jax.model import transformer
 
@@ -112,7 +113,7 @@ class ConvNormAct(nn.Module):
           and all(st == 1 for st in self.strides or ())):
       x = PointwiseConv(self.features, len(self.kernel), name="conv", **kw)(x)
     elif self.groups > 1 and self.groups == x.shape[-1] == self.features:
-      x = layers.DepthwiseConv(self.kernel, self.strides or (1, 1), self.padding,
+      x = depthwise.DepthwiseConv(self.kernel, self.strides or (1, 1), self.padding,
                                kernel_init=_conv_init(2), name="conv", **kw)(x)
     else:
       x = nn.Conv(self.features, self.kernel, strides=self.strides,

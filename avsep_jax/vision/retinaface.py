@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from avsep_jax.model import layers
+from avsep_jax.depthwise import DepthwiseConv
 
 Dtype = Any
 
@@ -75,9 +75,8 @@ class MobileNetV2(nn.Module):
                 depthwise=False, act=True):
       if depthwise:
         # Nine shifted products: XLA's CPU backend runs grouped convs 9-34x slower.
-        h = layers.DepthwiseConv((3, 3), (strides, strides),
-                                 _PAD_S2 if strides == 2 else _PAD_SAME3,
-                                 dtype=dt, name=name)(h)
+        h = DepthwiseConv((3, 3), (strides, strides),
+                          _PAD_S2 if strides == 2 else _PAD_SAME3, dtype=dt, name=name)(h)
       else:
         h = nn.Conv(features, (kernel, kernel), strides=strides, padding=padding,
                     use_bias=False, dtype=dt, name=name)(h)

@@ -18,7 +18,7 @@ forms give the same outputs and gradients, so the timings compare the same maths
          (a 2-D conv over the 5 stacked frames).
   dw     depthwise 3x3: `lax.conv_general_dilated` with feature_group_count = C (what
          `nn.Conv(C, (3, 3), feature_group_count=C)` runs) against
-         `layers.DepthwiseConv` (nine shifted products); lite's trunk `dwconv1`
+         `depthwise.DepthwiseConv` (nine shifted products); lite's trunk `dwconv1`
          (stride 1) and `stage0_0` depthwise (stride 2) on the --clips x 2 x 50 frames,
          and RetinaFace's `expanded_conv_depthwise` (stride 1) and `block_1_depthwise`
          (the first stride 2) on --detector_frames frames of 384x640 (the detector's
@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from avsep_jax.model import layers
+from avsep_jax import depthwise
 from avsep_jax.model import variants
 from avsep_jax.model import visual
 from avsep_jax.vision import retinaface
@@ -174,7 +174,7 @@ def depthwise_case(case, n, hw, c, stride, padding, rng, repeats):
   x = jnp.asarray(rng.standard_normal((n,) + hw + (c,)), jnp.float32)
   kernel = jnp.asarray(0.3 * rng.standard_normal((3, 3, 1, c)), jnp.float32)
   strides = (stride, stride)
-  shifted_products = with_kernel(layers.DepthwiseConv((3, 3), strides, padding))
+  shifted_products = with_kernel(depthwise.DepthwiseConv((3, 3), strides, padding))
   out = jax.eval_shape(shifted_products, x, kernel)
   flops = 2 * int(np.prod(out.shape)) * 9
   shape = f"({n}, {hw[0]}, {hw[1]}, {c}), 3x3 dw, /{stride}"

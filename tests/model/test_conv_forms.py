@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from avsep_jax.model import layers
+from avsep_jax import depthwise
 from avsep_jax.model import visual
 
 
@@ -20,7 +20,7 @@ from avsep_jax.model import visual
 def test_depthwise_conv_matches_grouped_conv(size, kernel, strides, padding):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, *size, 6)), jnp.float32)
-  module = layers.DepthwiseConv(kernel, strides, padding)
+  module = depthwise.DepthwiseConv(kernel, strides, padding)
   params = module.init(jax.random.key(0), x)
   w = params["params"]["kernel"]
   expected = jax.lax.conv_general_dilated(
