@@ -202,7 +202,14 @@ def _shape_mismatch(mngr, step, abstract_state):
 
 def params_mismatch(saved, wanted):
   """The first leaf of `wanted` missing from `saved` or of another shape, in words
-  ("params['a']['b'] is (32,) there, (48,) here"), or None when all fit."""
+  ("params['a']['b'] is (32,) there, (48,) here"), or None when all fit. Top-level
+  modules that differ are named first: they mean another architecture (a 'decoder',
+  the magnitude-mask head, where the config has the band 'separator')."""
+  if isinstance(saved, dict) and isinstance(wanted, dict):
+    there, here = sorted(set(saved) - set(wanted)), sorted(set(wanted) - set(saved))
+    if here:
+      return (f"the checkpoint has modules {there} where the config has {here}: "
+              "another architecture; load it with the config it was trained with")
   saved_shapes = {jax.tree_util.keystr(k): tuple(v.shape)
                   for k, v in jax.tree_util.tree_leaves_with_path(saved)}
   for key, leaf in jax.tree_util.tree_leaves_with_path(wanted):

@@ -48,7 +48,8 @@ class Writer:
     Args:
       batch: host batch (mixture (B, T), sources (B, S, T), speaker_mask (B, S)).
       separated: (B, S, T) model output.
-      masks: (B, S, frames, bins) main-scale masks.
+      masks: (B, S, frames, bins) main-scale masks; complex masks are drawn by their
+        magnitude.
     """
     out = []
     for b in range(min(count, separated.shape[0])):
@@ -61,7 +62,7 @@ class Writer:
         out.append(tb_summary.audio(f"example{b}/speaker{s}_separated",
                                     np.asarray(separated[b, s]), sample_rate))
         out.append(tb_summary.image(f"example{b}/speaker{s}_mask",
-                                    _to_image(masks[b, s].T), dataformats="HWC"))
+                                    _to_image(np.abs(masks[b, s]).T), dataformats="HWC"))
     self._write(step, out)
 
   def close(self):

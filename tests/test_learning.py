@@ -17,11 +17,12 @@ from avsep_jax.model import variants
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("causal", [False, True])
-def test_smoke_model_overfits_one_batch(tiny_data_dir, causal):
+@pytest.mark.parametrize("variant,causal", [("smoke", False), ("smoke", True),
+                                            ("smoke_bands", False)])
+def test_smoke_model_overfits_one_batch(tiny_data_dir, variant, causal):
   import ml_collections  # pylint: disable=g-import-not-at-top
 
-  model_config = variants.model_config("smoke", num_speakers=2)
+  model_config = variants.model_config(variant, num_speakers=2)
   if causal:  # the streaming form trains with the same step
     variants.make_causal(model_config, window=20)
   config = ml_collections.ConfigDict(dict(

@@ -260,6 +260,10 @@ class AVSeparatorTorch(nn.Module):
   def __init__(self, config):
     super().__init__()
     cfg = config
+    if cfg.decoder.get("kind", "masks") != "masks":  # (model.variants.require_mask_decoder)
+      raise ValueError("the PyTorch mirror has no port of the band separator "
+                       "(decoder.kind='bands') yet; it serves models with the "
+                       "magnitude-mask decoder (variants.make_mask_decoder)")
     if cfg.phase not in PHASES:
       raise ValueError(f"phase must be one of {PHASES}, got {cfg.phase!r}")
     self.phase = cfg.phase

@@ -118,6 +118,21 @@ def _position_mask(tq, tk, causal, window):
   return ok
 
 
+def time_mask(query_time, key_time, causal, window):
+  """(Tq, Tk) bool from causal/window on the queries' and keys' times (e.g. several
+  streams' queries in one row attending to one stream's keys), or None when neither
+  is set."""
+  if not causal and window is None:
+    return None
+  dt = key_time[None, :] - query_time[:, None]
+  ok = jnp.ones(dt.shape, bool)
+  if causal:
+    ok &= dt <= 0
+  if window is not None:
+    ok &= (dt >= -window[0]) & (dt <= window[1])
+  return ok
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head attention with q/k/v/out projections annotated for sharding.
 

@@ -1,9 +1,10 @@
 """AVSeparator: mixture + one mouth video per speaker -> one waveform per speaker.
 
     mixture -> STFT -> AudioEncoder ----------------------.
-                                                          |- Fusion -> SeparationDecoder
-    mouth ROIs -> VisualEncoder -> (align to audio) ------'        -> masks x STFT scales
-                                                                   -> iSTFT | Griffin-Lim
+                                                          |- Fusion -> one stream per slot
+    mouth ROIs -> VisualEncoder -> (align to audio) ------'
+    mixture STFT + streams -> BandSeparator -> complex masks -> iSTFT | Griffin-Lim
+                           (or the SeparationDecoder: magnitude masks x STFT scales)
 """
 
 import dataclasses
@@ -19,21 +20,24 @@ from avsep_jax.model import audio as audio_lib
 from avsep_jax.model import decoder as decoder_lib
 from avsep_jax.model import fusion as fusion_lib
 from avsep_jax.model import layers
+from avsep_jax.model import separator as separator_lib
 from avsep_jax.model import visual as visual_lib
 
-PHASES = ("mixture", "griffin_lim")
+PHASES = ("complex", "mixture", "griffin_lim")
+DECODERS = ("bands", "masks")
 
 
 def check_causal(config):
   """Raises ValueError unless a `causal` config is causal end to end (what streaming
-  needs): one STFT scale, mixture phase, 'hold' alignment, a left-only window."""
+  needs): one STFT scale, no Griffin-Lim, 'hold' alignment, a left-only window."""
   if not config.causal:
     return
   problems = []
   if len(config.stft_scales) != 1:
     problems.append("one STFT scale (resampling masks between scales looks ahead)")
-  if config.phase != "mixture":
-    problems.append("phase='mixture' (Griffin-Lim iterates over the whole signal)")
+  if config.phase == "griffin_lim":
+    problems.append("phase 'complex' or 'mixture' (Griffin-Lim iterates over the whole "
+                    "signal)")
   if config.fusion.alignment != "hold":
     problems.append("fusion.alignment='hold'")
   if config.attention_window is None or tuple(config.attention_window)[1] != 0:
@@ -118,7 +122,8 @@ class AVSeparator(nn.Module):
 
     Returns:
       waveforms (B, S, T) float32 (zeros in padded slots) and an aux dict:
-        masks: {str(n_fft): (B, S, T_k, n_fft // 2 + 1)} per STFT scale;
+        masks: {str(n_fft): (B, S, T_k, n_fft // 2 + 1)} per STFT scale, complex64
+          from the 'bands' decoder (one scale), float32 in [0, 1] from 'masks';
         scale_waveforms: (B, K, S, T), one reconstruction per scale (their mean is
           the output);
         alignment: (B, S, T_audio, F) video-to-audio alignment weights;
@@ -131,6 +136,12 @@ class AVSeparator(nn.Module):
     check_inputs(cfg, mixture, video, speaker_mask, sample_rate)
     if cfg.phase not in PHASES:
       raise ValueError(f"phase must be one of {PHASES}, got {cfg.phase!r}")
+    kind = cfg.decoder.get("kind", "masks")
+    if kind not in DECODERS:
+      raise ValueError(f"decoder.kind must be one of {DECODERS}, got {kind!r}")
+    if kind == "bands" and len(cfg.stft_scales) != 1:
+      raise ValueError("decoder.kind='bands' predicts at the main STFT scale only: set "
+                       "stft_scales to one scale (the loss has its own scales)")
     check_causal(cfg)
     window = None if cfg.attention_window is None else tuple(cfg.attention_window)
     opts = layers.LayerOptions(
@@ -164,8 +175,12 @@ class AVSeparator(nn.Module):
       b, t, d = audio.shape
       s = speaker_mask.shape[1]
       streams = jnp.broadcast_to(slots[None, :s, None].astype(audio.dtype), (b, s, t, d))
-    masks = decoder_lib.SeparationDecoder(cfg.decoder, scales, opts, name="decoder")(
-        streams, audio, speaker_mask, [spec.shape[1] for spec in specs])
+    if kind == "bands":
+      masks = (separator_lib.BandSeparator(cfg.decoder, opts, name="separator")(
+          specs[0], streams, speaker_mask),)
+    else:
+      masks = decoder_lib.SeparationDecoder(cfg.decoder, scales, opts, name="decoder")(
+          streams, audio, speaker_mask, [spec.shape[1] for spec in specs])
 
     keep = speaker_mask[:, :, None].astype(jnp.float32)
     scale_waves = jnp.stack([
@@ -219,16 +234,27 @@ class AVSeparator(nn.Module):
                         **opts.kw)(jnp.concatenate([c, c * c], axis=-1))
 
   def _reconstruct(self, spec, mask, scale, num_samples):
-    """Masked mixture STFT (B, T_k, F) x (B, S, T_k, F) -> (B, S, T) waveforms."""
-    n_fft, win_length, hop_length = scale
-    if self.config.phase == "mixture":
-      return signal.istft(mask * spec[:, None], n_fft, win_length, hop_length,
-                          length=num_samples, causal=self.config.causal)
-    # Griffin-Lim starts from the mixture phase: it converges in far fewer iterations
-    # than from random phase and needs no rng at inference.
-    magnitude = mask * jnp.abs(spec)[:, None]
-    init_phase = jnp.broadcast_to(jnp.angle(spec)[:, None], magnitude.shape)
-    return signal.griffin_lim(
-        magnitude, n_fft=n_fft,
-        win_length=win_length, hop_length=hop_length, length=num_samples,
-        n_iter=self.config.griffin_lim_iters, init_phase=init_phase)
+    return reconstruct(spec, mask, scale, num_samples, self.config.phase,
+                       causal=self.config.causal, n_iter=self.config.griffin_lim_iters)
+
+
+def reconstruct(spec, mask, scale, num_samples, phase="complex", causal=False, n_iter=32):
+  """The model's output path: mixture STFT (B, T_k, F) x masks (B, S, T_k, F) ->
+  (B, S, T) waveforms.
+
+  phase: 'complex' inverts mask * spec (a complex mask sets the phase); 'mixture'
+  keeps the mixture's phase, |mask| * spec (for the real masks of the 'masks' decoder
+  the two are the same); 'griffin_lim' iterates from the estimate's phase, which
+  converges in far fewer iterations than a random start and needs no rng.
+  """
+  n_fft, win_length, hop_length = scale
+  if phase == "complex":
+    return signal.istft(mask * spec[:, None], n_fft, win_length, hop_length,
+                        length=num_samples, causal=causal)
+  if phase == "mixture":
+    return signal.istft(jnp.abs(mask) * spec[:, None], n_fft, win_length, hop_length,
+                        length=num_samples, causal=causal)
+  estimate = mask * spec[:, None]
+  return signal.griffin_lim(
+      jnp.abs(estimate), n_fft=n_fft, win_length=win_length, hop_length=hop_length,
+      length=num_samples, n_iter=n_iter, init_phase=jnp.angle(estimate))

@@ -41,10 +41,15 @@ class DecoderLayer(nn.Module):
                                      name="speaker_attn")(h, h, key_mask=key_mask)
     x = x + h.reshape(b, t, s, d).transpose(0, 2, 1, 3)
 
-    h = layers.layer_norm(name="ln_cross", **kw)(x).reshape(b * s, t, d)
-    mem = jnp.broadcast_to(memory[:, None], (b, s, t, d)).reshape(b * s, t, d)
-    x = x + attention.MultiHeadAttention(self.num_heads, opts, name="cross_attn")(
-        h, mem).reshape(b, s, t, d)
+    # All slots' queries in one row against the memory: its keys and values are
+    # projected once, not once per slot (fusion.CrossModalLayer does the same).
+    h = layers.layer_norm(name="ln_cross", **kw)(x).reshape(b, s * t, d)
+    visible = attention.time_mask(jnp.tile(jnp.arange(t), s), jnp.arange(t),
+                                  opts.causal, opts.window)
+    x = x + attention.MultiHeadAttention(
+        self.num_heads, opts, time_masked=False, name="cross_attn")(
+            h, memory, mask=None if visible is None else visible[None, None]).reshape(
+                b, s, t, d)
 
     h = layers.layer_norm(name="ln_mlp", **kw)(x)
     return x + layers.MlpBlock(self.mlp_dim, opts, name="mlp")(h)

@@ -101,36 +101,29 @@ class CrossModalLayer(nn.Module):
     # Keys are (speaker, time) pairs; causal/window act on the time of each key.
     key_time = jnp.tile(jnp.arange(t), s)
     visible = jnp.repeat(speaker_mask, t, axis=1)[:, None, None, :]  # (B,1,1,S*T)
-    time_mask = _time_mask(jnp.arange(t), key_time, opts.causal, opts.window)
+    time_mask = attention.time_mask(jnp.arange(t), key_time, opts.causal, opts.window)
     if time_mask is not None:
       visible = visible & time_mask[None, None]
     audio = audio + attention.MultiHeadAttention(
         self.num_heads, opts, time_masked=False, name="audio_from_video")(
             a_in, v_in.reshape(b, s * t, d), mask=visible)
 
-    a_kv = jnp.broadcast_to(a_in[:, None], (b, s, t, d)).reshape(b * s, t, d)
+    # Every slot's queries in one row of S*T against the audio's T keys: the audio's
+    # keys and values are projected once, not once per slot; causal/window act on
+    # each query's own time.
+    query_time = jnp.tile(jnp.arange(t), s)
+    per_query = attention.time_mask(query_time, jnp.arange(t), opts.causal, opts.window)
     video = video + attention.MultiHeadAttention(
-        self.num_heads, opts, name="video_from_audio")(
-            v_in.reshape(b * s, t, d), a_kv).reshape(b, s, t, d)
+        self.num_heads, opts, time_masked=False, name="video_from_audio")(
+            v_in.reshape(b, s * t, d), a_in,
+            mask=None if per_query is None else per_query[None, None]).reshape(
+                b, s, t, d)
 
     audio = audio + layers.MlpBlock(self.mlp_dim, opts, name="mlp_audio")(
         layers.layer_norm(name="ln_mlp_audio", **kw)(audio))
     video = video + layers.MlpBlock(self.mlp_dim, opts, name="mlp_video")(
         layers.layer_norm(name="ln_mlp_video", **kw)(video))
     return audio, video
-
-
-def _time_mask(query_time, key_time, causal, window):
-  """(Tq, Tk) bool from causal/window on times, or None when neither is set."""
-  if not causal and window is None:
-    return None
-  dt = key_time[None, :] - query_time[:, None]
-  ok = jnp.ones(dt.shape, bool)
-  if causal:
-    ok &= dt <= 0
-  if window is not None:
-    ok &= (dt >= -window[0]) & (dt <= window[1])
-  return ok
 
 
 class Fusion(nn.Module):

@@ -1,13 +1,17 @@
 """Model sizes: `full` (the ADR's dimensions), `lite` (CPU training and serving),
 `stream` (lite made causal for real-time streaming: nothing looks ahead),
-`audio_only` (lite without the video: the baseline that measures what the lips add) and
-`smoke` (tiny, for tests). `configs/*.py` put one of these under `config.model`."""
+`audio_only` (lite without the video: the baseline that measures what the lips add),
+`smoke` (tiny, for tests), `lite_masks` (lite with the magnitude-mask decoder that the
+band separator replaced: an ablation) and `smoke_bands` (smoke with the band separator).
+`smoke` and `stream` keep the magnitude-mask decoder until the PyTorch mirror, ONNX
+export and the stream steps have the band separator. `configs/*.py` put one of these under
+`config.model`."""
 
 import ml_collections
 
 from avsep_jax import signal
 
-VARIANTS = ("full", "lite", "stream", "audio_only", "smoke")
+VARIANTS = ("full", "lite", "stream", "audio_only", "smoke", "lite_masks", "smoke_bands")
 
 # (n_fft, win_length, hop_length); the first is the token scale (100 frames/s).
 STFT_SCALES = signal.SCALES
@@ -27,7 +31,7 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
   c.video_fps = 25
   c.roi_size = 88
   c.stft_scales = STFT_SCALES
-  c.phase = "mixture"            # or "griffin_lim"
+  c.phase = "complex"            # or "mixture", "griffin_lim" (model.avsep.reconstruct)
   c.griffin_lim_iters = 32
   c.dtype = "float32"            # compute dtype; params stay in param_dtype
   c.param_dtype = "float32"
@@ -51,12 +55,22 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
   # activity_cue: add each slot's per-frame speech activity (the lips' estimate, or a
   # given cue) to its decoder query; the trainer's oracle-cue curriculum
   # (`oracle_cue_steps`) is what lets a fresh model leave the symmetric start.
-  c.decoder = ml_collections.ConfigDict(dict(num_layers=4, num_heads=8, mlp_dim=2048,
-                                             activity_cue=True))
+  # The separator (model.separator): (frame, band) tokens, blocks alternating attention
+  # over bands, time and slots, a complex mask per slot. Bands in bins of 31.25 Hz:
+  # 2-bin bands up to 1 kHz, then 4, 8 and 16 bins (40 bands, as BS-RoFormer's
+  # finer-at-low-frequency split). The transformer keeps the design record's 8 heads;
+  # its width is 128, not 512: it runs on T x 40 tokens per slot instead of T.
+  c.decoder = ml_collections.ConfigDict(dict(
+      kind="bands", d_model=128, num_heads=8, mlp_dim=512, shared_layers=2,
+      num_layers=6, bands=((2, 16), (4, 8), (8, 8), (16, 8)), compress=0.3,
+      mask_hidden=256, positions=True, activity_cue=True))
+  # One scale: a complex mask at the main scale can reach the source; the other
+  # scales stay in the multi-resolution STFT loss (config.stft_loss_weight).
+  c.stft_scales = (STFT_SCALES[0],)
 
   if variant == "full":
     c.dtype = "bfloat16"
-  elif variant in ("lite", "stream", "audio_only"):
+  elif variant in ("lite", "stream", "audio_only", "lite_masks"):
     c.audio.update(cnn_channels=(16, 16, 32, 32), d_model=256, num_layers=4,
                    num_heads=4, mlp_dim=1024)
     c.visual.update(stem_channels=16, trunk_stem_channels=32,
@@ -65,12 +79,17 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
                     trunk_out_channels=256, embed_dim=128, d_model=128, num_layers=2,
                     num_heads=4, mlp_dim=512)
     c.fusion.update(align_dim=32, num_layers=1, num_heads=4, mlp_dim=1024)
-    c.decoder.update(num_layers=2, num_heads=4, mlp_dim=1024)
+    # 20 bands: 4 bins up to 1 kHz, then 8, 16 and 32.
+    c.decoder.update(d_model=64, num_heads=4, mlp_dim=128, shared_layers=1, num_layers=3,
+                     bands=((4, 8), (8, 4), (16, 4), (32, 4)), mask_hidden=128)
     if variant == "stream":
       make_causal(c)
+      make_mask_decoder(c)  # until the stream steps and the mirror have the separator
     elif variant == "audio_only":
       make_audio_only(c)
-  elif variant == "smoke":
+    elif variant == "lite_masks":
+      make_mask_decoder(c)
+  elif variant in ("smoke", "smoke_bands"):
     c.dropout_rate = 0.0
     c.audio.update(cnn_channels=(4, 8), d_model=32, num_layers=1, num_heads=2,
                    mlp_dim=64)
@@ -78,7 +97,12 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
                     trunk_blocks=((2, 8, 1, 2), (2, 16, 1, 2)), trunk_out_channels=32,
                     embed_dim=16, d_model=16, num_layers=1, num_heads=2, mlp_dim=32)
     c.fusion.update(align_dim=8, num_layers=1, num_heads=2, mlp_dim=64)
-    c.decoder.update(num_layers=1, num_heads=2, mlp_dim=64)
+    c.decoder.update(d_model=16, num_heads=2, mlp_dim=32, shared_layers=1, num_layers=1,
+                     bands=((32, 8),), mask_hidden=16)
+    # The serving paths' tests run `smoke`: it keeps the magnitude-mask decoder until
+    # the mirror and the stream steps have the separator (`smoke_bands` has it).
+    if variant == "smoke":
+      make_mask_decoder(c, num_layers=1, num_heads=2, mlp_dim=64)
   return c
 
 
@@ -91,6 +115,8 @@ def make_causal(c: ml_collections.ConfigDict, window: int = 100) -> ml_collectio
   c.stft_scales = (STFT_SCALES[0],)
   c.fusion.alignment = "hold"
   c.audio.positions = c.visual.positions = False
+  if c.decoder.get("kind") == "bands":
+    c.decoder.positions = False
   return c
 
 
@@ -102,3 +128,27 @@ def make_audio_only(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.use_video = False
   c.decoder.activity_cue = False
   return c
+
+
+def make_mask_decoder(c: ml_collections.ConfigDict, num_layers: int = 2,
+                      num_heads: int = 4, mlp_dim: int = 1024) -> ml_collections.ConfigDict:
+  """Turns a model config into the frame-token decoder with sigmoid magnitude masks on
+  the mixture's phase, in place (at three STFT scales, one when causal): the head
+  before the band separator, kept as an ablation (its oracle is capped near 12-13 dB
+  SI-SNRi). Defaults: lite's sizes."""
+  c.phase = "mixture"
+  c.stft_scales = (STFT_SCALES[0],) if c.causal else STFT_SCALES
+  c.decoder = ml_collections.ConfigDict(dict(
+      kind="masks", num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim,
+      activity_cue=c.decoder.activity_cue))
+  return c
+
+
+def require_mask_decoder(c: ml_collections.ConfigDict, path: str) -> None:
+  """Raises ValueError for a band-separator model on a path that has no port of the
+  band separator yet (the PyTorch mirror, so ONNX, and the stream step functions)."""
+  if c.decoder.get("kind", "masks") != "masks":
+    raise ValueError(
+        f"{path} has no port of the band separator (decoder.kind='bands') yet; it "
+        "serves models with the magnitude-mask decoder: the shipped weights, the "
+        "`lite_masks` variant, or any config after variants.make_mask_decoder")

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from avsep_jax.model import avsep as avsep_lib
+from avsep_jax.model import variants
 from avsep_jax.model import visual as visual_lib
 from avsep_jax import signal
 
@@ -45,6 +46,7 @@ def check_streamable(config):
     raise ValueError("streaming needs a causal model (the `stream` variant, "
                      "configs/*.py:stream); this one looks ahead")
   avsep_lib.check_causal(config)
+  variants.require_mask_decoder(config, "streaming")
   if config.dtype != "float32":
     raise ValueError(f"streaming runs in float32, the model computes in {config.dtype}")
   _, _, hop = config.stft_scales[0]

@@ -159,13 +159,15 @@ def test_safetensors_round_trip_and_wrong_config(tmp_path):
   other = model_config("smoke", 6)
   with pytest.raises(convert.ParamsMismatchError, match="num_speakers"):
     convert.load_safetensors(path, expected_config=other)
-  lite = model_config("lite", 2)
+  lite = model_config("lite_masks", 2)
   lite.fusion.alignment = "interpolate"
   with pytest.raises(convert.ParamsMismatchError, match="do not fit"):
     convert.build_mirror(lite, variables["params"])
   soft = model_config("smoke", 2)   # soft_dtw has aligner projections the params lack
   with pytest.raises(convert.ParamsMismatchError, match="aligner"):
     convert.build_mirror(soft, variables["params"])
+  with pytest.raises(ValueError, match="PyTorch mirror has no port of the band"):
+    convert.build_mirror(model_config("lite", 2), variables["params"])
   not_ours = tmp_path / "other.safetensors"
   from safetensors.torch import save_file
   save_file({"x": torch.zeros(1)}, str(not_ours))

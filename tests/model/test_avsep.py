@@ -184,6 +184,12 @@ def test_full_config_builds_with_adr_dimensions():
   assert audio["block_0"]["attn"]["query"]["kernel"].names == ("embed", "heads")
   stem = params["visual_encoder"]["stem3d"]["conv"]["kernel"].value
   assert stem.shape == (5, 7, 7, 1, 64)
+  separator = params["separator"]
+  assert sorted(k for k in separator if k.startswith(("shared_", "layer_"))) == [
+      *(f"layer_{i}" for i in range(6)), "shared_0", "shared_1"]
+  assert separator["layer_0"]["time_attn"]["query"]["kernel"].value.shape == (128, 128)
+  # 40 bands padded to the widest, 17 bins (the last takes the Nyquist bin), x (re, im).
+  assert separator["band_split"]["kernel"].value.shape == (40, 2 * 17, 128)
   out, aux = jax.eval_shape(model.apply, variables, *args)
   assert out.shape == (1, 6, samples)
   assert aux["audio_tokens"].shape == (1, 101, 512)

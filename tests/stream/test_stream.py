@@ -49,9 +49,16 @@ def test_stream_variant_is_lite_made_causal():
   assert stream.causal and tuple(stream.attention_window) == (100, 0)
   assert stream.fusion.alignment == "hold" and len(stream.stft_scales) == 1
   assert stream.audio.d_model == lite.audio.d_model
-  with pytest.raises(ValueError, match="one STFT scale"):
+  with pytest.raises(ValueError, match="fusion.alignment='hold'"):
     lite.causal = True
     model_lib.avsep.check_causal(lite)
+  masks = variants.model_config("lite_masks")  # three STFT scales
+  with pytest.raises(ValueError, match="one STFT scale"):
+    masks.causal = True
+    model_lib.avsep.check_causal(masks)
+  with pytest.raises(ValueError, match="streaming has no port of the band separator"):
+    variants.require_mask_decoder(variants.make_causal(variants.model_config("lite")),
+                                  "streaming")
 
 
 @pytest.mark.slow
