@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 import tqdm
 
@@ -64,14 +65,29 @@ def ensure_dataset(config) -> str:
   return data_dir
 
 
-def mix_config(config, num_speakers=None) -> pipeline.MixConfig:
-  """Mixtures of `num_speakers` (or the config's range), padded to the model's slots."""
+def mix_config(config, num_speakers=None, same_count_per=None) -> pipeline.MixConfig:
+  """Mixtures of `num_speakers` (or the config's range), padded to the model's slots;
+  `same_count_per` consecutive ones share a speaker count (see `compact_slots`)."""
   noise = config.get("noise_snr_db")
   return pipeline.MixConfig(
       min_speakers=num_speakers or config.min_speakers,
       max_speakers=num_speakers or config.max_speakers,
       slots=config.model.num_speakers, segment_seconds=config.segment_seconds,
-      gain_db=tuple(config.gain_db), noise_snr_db=tuple(noise) if noise else None)
+      gain_db=tuple(config.gain_db), noise_snr_db=tuple(noise) if noise else None,
+      same_count_per=same_count_per)
+
+
+# Batch entries with a speaker-slot axis (axis 1).
+SLOT_KEYS = ("sources", "video", "speaker_mask", "av_offset")
+
+
+def compact_slots(batch):
+  """The batch without the slots that none of its mixtures uses: (B, S, ...) ->
+  (B, n, ...), n its most speakers. With `config.compact_slots` every training batch
+  has one speaker count, so padded slots cost nothing; the step compiles once per n.
+  Exact: absent slots never change the others' outputs (tests/model/test_avsep.py)."""
+  n = max(1, int(np.max(np.sum(batch["speaker_mask"], axis=1))))
+  return {k: v[:, :n] if k in SLOT_KEYS else v for k, v in batch.items()}
 
 
 def make_optimizer(config):
@@ -113,8 +129,9 @@ def separation_loss(config, out, aux, batch):
 def train_iterator(config, data_dir):
   """This process's training batches from the first (a grain iterator: checkpoints
   hold its position)."""
+  same = config.batch_size if config.get("compact_slots") else None
   return iter(pipeline.make_dataset(
-      config.dataset, "train", data_dir, mix_config(config),
+      config.dataset, "train", data_dir, mix_config(config, same_count_per=same),
       batch_size=config.batch_size // jax.process_count(), seed=config.seed,
       augment_video=config.get("augment_video", True),
       shard_index=jax.process_index(), shard_count=jax.process_count()))
@@ -413,6 +430,8 @@ def fit(config, workdir, data_dir, batch_sharding, state, abstract, train_step, 
     return summary
 
   # ----------------------------------------------------------------------- Loop
+  # Host batches only: on-device input mixes every slot's count inside jit.
+  compact = config.get("compact_slots") and config.get("input", "grain") == "grain"
   stop = {"sigterm": False}
   previous = os_signal.signal(os_signal.SIGTERM, lambda *_: stop.update(sigterm=True))
   step = start
@@ -422,6 +441,8 @@ def fit(config, workdir, data_dir, batch_sharding, state, abstract, train_step, 
     tick, tick_step = time.perf_counter(), step
     while step < config.total_steps:
       batch = next(train_iter)
+      if compact:
+        batch = compact_slots(batch)
       state, metrics = train_step(state, parallel.global_batch(batch, batch_sharding))
       step += 1
       metrics = jax.device_get(metrics)  # the step's one host transfer

@@ -38,6 +38,9 @@ class MixConfig:
     gain_db: range of the per-speaker level, relative to a common loudness.
     noise_snr_db: range of mixture-to-noise ratio of background noise, or None.
     peak: mixtures louder than this are scaled down (sources with them).
+    same_count_per: None, or how many consecutive mixtures (a global batch) share one
+      speaker count, drawn per group: a batch then needs only that many slots, and a
+      trainer can drop the rest (`train.compact_slots`) instead of computing padding.
   """
 
   max_speakers: int
@@ -47,6 +50,7 @@ class MixConfig:
   gain_db: tuple[float, float] = (-5.0, 5.0)
   noise_snr_db: tuple[float, float] | None = None
   peak: float = 0.9
+  same_count_per: int | None = None
 
   @property
   def num_slots(self) -> int:
@@ -64,7 +68,7 @@ class MixConfig:
 class Mixer(grain.transforms.RandomMap):
   """Index -> one mixture example, drawn with the element's own rng."""
 
-  def __init__(self, source, num_split_speakers: int, config: MixConfig):
+  def __init__(self, source, num_split_speakers: int, config: MixConfig, seed: int = 0):
     if not 1 <= config.min_speakers <= config.max_speakers:
       raise ValueError(f"need 1 <= min_speakers <= max_speakers, got "
                        f"{config.min_speakers}, {config.max_speakers}")
@@ -78,11 +82,16 @@ class Mixer(grain.transforms.RandomMap):
     self.source = source
     self.num_split_speakers = num_split_speakers
     self.config = config
+    self.seed = seed
 
   def random_map(self, element, rng: np.random.Generator):
-    del element  # the index only seeds rng
+    """element: the mixture's position in the dataset (rng is seeded by it too)."""
     cfg = self.config
-    n = int(rng.integers(cfg.min_speakers, cfg.max_speakers + 1))
+    if cfg.same_count_per:
+      group = np.random.default_rng([self.seed, int(element) // cfg.same_count_per])
+      n = int(group.integers(cfg.min_speakers, cfg.max_speakers + 1))
+    else:
+      n = int(rng.integers(cfg.min_speakers, cfg.max_speakers + 1))
     utterances = self._distinct_speakers(n, rng)
     frames, samples = cfg.segment_frames, cfg.segment_samples
     sources = np.zeros((cfg.num_slots, samples), np.float32)
@@ -175,14 +184,15 @@ def make_dataset(dataset: str, split: str, data_dir: str, config: MixConfig, *,
   if split not in metadata.get("speakers", {}):
     raise ValueError(f"{dataset} metadata does not say how many speakers split "
                      f"{split!r} has")
-  mixer = Mixer(source, int(metadata["speakers"][split]), config)
+  mixer = Mixer(source, int(metadata["speakers"][split]), config, seed)
   if num_examples is None:
     ds = grain.MapDataset.range(len(source)).repeat()
   else:
     ds = grain.MapDataset.range(num_examples)
   # Mixed before sharding: random_map seeds each element by its index, which must be
-  # the global one (sharded first, every shard would draw the same mixtures).
-  ds = ds.random_map(mixer, seed=seed)
+  # the global one (sharded first, every shard would draw the same mixtures). The
+  # mixer also reads the index itself (groups that share a speaker count).
+  ds = ds.map_with_index(lambda index, _: index).random_map(mixer, seed=seed)
   ds = ds.batch(batch_size, drop_remainder=True)
   if augment_video:
     ds = ds.random_map(_augment_batch, seed=seed + 1)

@@ -94,3 +94,23 @@ def test_noise_and_augmentation(tiny_data_dir):
 def test_too_many_speakers_for_the_split_is_an_error(tiny_data_dir):
   with pytest.raises(ValueError, match="this split has only 6"):
     make(tiny_data_dir, split="validation", max_speakers=7, min_speakers=2)
+
+
+def test_a_batch_can_share_one_speaker_count_and_drop_the_other_slots(tiny_data_dir):
+  from avsep_jax import train  # the trainer's slot trimming, on the pipeline's batches
+  batches = take(make(tiny_data_dir, same_count_per=BATCH), 40)
+  counts = [b["num_speakers"] for b in batches]
+  assert all(len(set(c)) == 1 for c in counts)  # one count per batch
+  # ... drawn per batch over the whole range, uniformly (chi-square, 2 dof, p = 0.001).
+  seen = np.bincount([c[0] for c in counts], minlength=5)[2:]
+  assert (seen > 0).all() and ((seen - 40 / 3) ** 2 / (40 / 3)).sum() < 13.8, seen
+  again = take(make(tiny_data_dir, same_count_per=BATCH), 40)
+  assert [b["num_speakers"][0] for b in again] == [c[0] for c in counts]
+  for batch in batches[:6]:
+    n = int(batch["num_speakers"][0])
+    compact = train.compact_slots(batch)
+    for key in train.SLOT_KEYS:
+      assert compact[key].shape[:2] == (BATCH, n)
+      np.testing.assert_array_equal(compact[key], batch[key][:, :n])
+    assert not batch["speaker_mask"][:, n:].any()
+    np.testing.assert_array_equal(compact["mixture"], batch["mixture"])
