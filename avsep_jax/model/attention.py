@@ -107,15 +107,8 @@ def _pallas_attention(q, k, v, mask, causal, window):
 
 def _position_mask(tq, tk, causal, window):
   """(Tq, Tk) bool of the causal/window constraints on positions."""
-  i = jnp.arange(tq)[:, None]
-  j = jnp.arange(tk)[None, :]
-  ok = jnp.ones((tq, tk), bool)
-  if causal:
-    ok &= j <= i
-  if window is not None:
-    left, right = window
-    ok &= (j >= i - left) & (j <= i + right)
-  return ok
+  ok = time_mask(jnp.arange(tq), jnp.arange(tk), causal, window)
+  return jnp.ones((tq, tk), bool) if ok is None else ok
 
 
 def time_mask(query_time, key_time, causal, window):
@@ -131,6 +124,15 @@ def time_mask(query_time, key_time, causal, window):
   if window is not None:
     ok &= (dt >= -window[0]) & (dt <= window[1])
   return ok
+
+
+def slot_queries_mask(num_slots, length, causal, window):
+  """(1, 1, S*T, T) bool, or None: the time mask when every slot's T queries are laid
+  out in one row of S*T (slot-major) against one stream's T keys, so that the keys
+  and values, shared by all slots, are projected once instead of once per slot."""
+  ok = time_mask(jnp.tile(jnp.arange(length), num_slots), jnp.arange(length), causal,
+                 window)
+  return None if ok is None else ok[None, None]
 
 
 class MultiHeadAttention(nn.Module):

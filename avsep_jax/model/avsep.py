@@ -248,11 +248,9 @@ def reconstruct(spec, mask, scale, num_samples, phase="complex", causal=False, n
   converges in far fewer iterations than a random start and needs no rng.
   """
   n_fft, win_length, hop_length = scale
-  if phase == "complex":
-    return signal.istft(mask * spec[:, None], n_fft, win_length, hop_length,
-                        length=num_samples, causal=causal)
-  if phase == "mixture":
-    return signal.istft(jnp.abs(mask) * spec[:, None], n_fft, win_length, hop_length,
+  if phase in ("complex", "mixture"):
+    gain = mask if phase == "complex" else jnp.abs(mask)
+    return signal.istft(gain * spec[:, None], n_fft, win_length, hop_length,
                         length=num_samples, causal=causal)
   estimate = mask * spec[:, None]
   return signal.griffin_lim(

@@ -17,6 +17,7 @@ import numpy as np
 
 from avsep_jax.model import layers
 
+
 def band_edges(num_bins: int, layout) -> tuple[tuple[int, int], ...]:
   """((start, stop), ...) bin ranges covering [0, num_bins), low to high.
 
@@ -58,8 +59,22 @@ def compressed_features(spec, power: float):
   return jnp.stack([spec.real * scale, spec.imag * scale], axis=-1).astype(jnp.float32)
 
 
-def _per_band_kernel(module, name, shape, axes, init, dtype):
-  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+def _per_band_dense(module, x, features, *, prefix, axes, scale=1.0,
+                    bias_init=nn.initializers.zeros_init()):
+  """(..., K, c) -> (..., K, features) with its own kernel (K, c, features) and bias
+  (K, features) per band, named `{prefix}kernel` and `{prefix}bias`.
+
+  axes: logical names of (c, features); scale: the fan-in variance scale of the
+  kernel's normal init (small for an output layer that should start near its bias).
+  """
+  k, c = x.shape[-2:]
+  kernel = module.param(f"{prefix}kernel", nn.with_logical_partitioning(
+      nn.initializers.variance_scaling(scale, "fan_in", "normal", in_axis=1, out_axis=2),
+      (None, *axes)), (k, c, features), module.param_dtype)
+  bias = module.param(f"{prefix}bias", nn.with_logical_partitioning(
+      bias_init, (None, axes[1])), (k, features), module.param_dtype)
+  return (jnp.einsum("...kc,kcd->...kd", x.astype(module.dtype),
+                     kernel.astype(module.dtype)) + bias.astype(module.dtype))
 
 
 class BandSplit(nn.Module):
@@ -81,16 +96,8 @@ class BandSplit(nn.Module):
     k, w = index.shape
     c = x.shape[-1]
     x = x[..., index, :] * jnp.asarray(valid)[..., None]          # (..., T, K, W, C)
-    x = x.reshape(x.shape[:-2] + (w * c,)).astype(self.dtype)
-    kernel = _per_band_kernel(self, "kernel", (k, w * c, self.d_model),
-                              (None, None, layers.EMBED),
-                              nn.initializers.variance_scaling(1.0, "fan_in", "normal",
-                                                               in_axis=1, out_axis=2),
-                              self.param_dtype)
-    bias = _per_band_kernel(self, "bias", (k, self.d_model), (None, layers.EMBED),
-                            nn.initializers.zeros_init(), self.param_dtype)
-    return (jnp.einsum("...kc,kcd->...kd", x, kernel.astype(self.dtype))
-            + bias.astype(self.dtype))
+    x = x.reshape(x.shape[:-2] + (w * c,))
+    return _per_band_dense(self, x, self.d_model, prefix="", axes=(None, layers.EMBED))
 
 
 class BandMask(nn.Module):
@@ -115,28 +122,11 @@ class BandMask(nn.Module):
   def __call__(self, x):
     index, valid = _gather_index(self.edges)
     k, w = index.shape
-    d = x.shape[-1]
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = layers.layer_norm(name="ln", **kw)(x)
-    w1 = _per_band_kernel(self, "hidden_kernel", (k, d, self.hidden),
-                          (None, layers.EMBED, layers.MLP),
-                          nn.initializers.variance_scaling(1.0, "fan_in", "normal",
-                                                           in_axis=1, out_axis=2),
-                          self.param_dtype)
-    b1 = _per_band_kernel(self, "hidden_bias", (k, self.hidden), (None, layers.MLP),
-                          nn.initializers.zeros_init(), self.param_dtype)
-    w2 = _per_band_kernel(self, "out_kernel", (k, self.hidden, w * 2),
-                          (None, layers.MLP, None),
-                          nn.initializers.variance_scaling(0.01, "fan_in", "normal",
-                                                           in_axis=1, out_axis=2),
-                          self.param_dtype)
-
-    b2 = self.param("out_bias", nn.with_logical_partitioning(_half_real, (None, None)),
-                    (k, w * 2), self.param_dtype)
-    h = jnp.tanh(jnp.einsum("...kd,kdh->...kh", x, w1.astype(self.dtype))
-                 + b1.astype(self.dtype))
-    out = (jnp.einsum("...kh,kho->...ko", h, w2.astype(self.dtype))
-           + b2.astype(self.dtype)).astype(jnp.float32)
+    x = layers.layer_norm(name="ln", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    h = jnp.tanh(_per_band_dense(self, x, self.hidden, prefix="hidden_",
+                                 axes=(layers.EMBED, layers.MLP)))
+    out = _per_band_dense(self, h, w * 2, prefix="out_", axes=(layers.MLP, None),
+                          scale=0.01, bias_init=_half_real).astype(jnp.float32)
     out = out.reshape(out.shape[:-2] + (k * w, 2))
     flat = np.flatnonzero(valid.reshape(-1))          # band slots that are real bins
     out = out[..., flat, :]                            # (..., T, F, 2)

@@ -44,11 +44,10 @@ class DecoderLayer(nn.Module):
     # All slots' queries in one row against the memory: its keys and values are
     # projected once, not once per slot (fusion.CrossModalLayer does the same).
     h = layers.layer_norm(name="ln_cross", **kw)(x).reshape(b, s * t, d)
-    visible = attention.time_mask(jnp.tile(jnp.arange(t), s), jnp.arange(t),
-                                  opts.causal, opts.window)
     x = x + attention.MultiHeadAttention(
         self.num_heads, opts, time_masked=False, name="cross_attn")(
-            h, memory, mask=None if visible is None else visible[None, None]).reshape(
+            h, memory,
+            mask=attention.slot_queries_mask(s, t, opts.causal, opts.window)).reshape(
                 b, s, t, d)
 
     h = layers.layer_norm(name="ln_mlp", **kw)(x)

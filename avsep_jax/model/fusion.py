@@ -108,15 +108,12 @@ class CrossModalLayer(nn.Module):
         self.num_heads, opts, time_masked=False, name="audio_from_video")(
             a_in, v_in.reshape(b, s * t, d), mask=visible)
 
-    # Every slot's queries in one row of S*T against the audio's T keys: the audio's
-    # keys and values are projected once, not once per slot; causal/window act on
-    # each query's own time.
-    query_time = jnp.tile(jnp.arange(t), s)
-    per_query = attention.time_mask(query_time, jnp.arange(t), opts.causal, opts.window)
+    # Every slot's queries in one row against the audio: its keys and values are
+    # projected once, not once per slot.
     video = video + attention.MultiHeadAttention(
         self.num_heads, opts, time_masked=False, name="video_from_audio")(
             v_in.reshape(b, s * t, d), a_in,
-            mask=None if per_query is None else per_query[None, None]).reshape(
+            mask=attention.slot_queries_mask(s, t, opts.causal, opts.window)).reshape(
                 b, s, t, d)
 
     audio = audio + layers.MlpBlock(self.mlp_dim, opts, name="mlp_audio")(
