@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from avsep_jax.export import torch_blocks as tb
 from avsep_jax.export import torch_model as tm
 from avsep_jax.export import torch_signal as ts
+from avsep_jax.model import variants
 from avsep_jax.signal.stft import steady_window_sum
 from avsep_jax.stream import driver
 
@@ -419,6 +420,7 @@ class TorchStreamer:
   def __init__(self, config, params, step_ms: float = 20.0):
     from avsep_jax.export import convert
     from avsep_jax.stream import Streamer
+    variants.require_mask_decoder(config, "the PyTorch stream step")
     reference = Streamer(config, params, step_ms)  # validates; same numbers
     self.config = config
     self.step_samples, self.delay = reference.step_samples, reference.delay

@@ -19,10 +19,15 @@ as inputs and outputs:
   video_tokens, activity  (B, S, 2, d_v), (B, S, 2): the two newest video frames' tokens
   <stack>_kv_<layer>      (2, ..., W, heads, head_dim): keys and values of the last W
                           frames (W = the left attention window), oldest first; slots
-                          before the stream's start are masked by position
+                          before the stream's start are masked by position. Stacks and
+                          their leading axes: audio (B), visual (B, S), fusion_av
+                          (B, S), fusion_va (B); then by `config.decoder.kind`:
+                          'masks': decoder_time (B, S), decoder_cross (B);
+                          'bands': separator_shared (B, K), separator (B, S, K)
   ola                     (B, S, win - hop): overlap-add sums not yet complete
 
-Shapes: B batch, S speaker slots, T_step = n * hop samples per audio step.
+Shapes: B batch, S speaker slots, K frequency bands, T_step = n * hop samples per audio
+step.
 """
 
 import math
@@ -33,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from avsep_jax.model import avsep as avsep_lib
-from avsep_jax.model import variants
+from avsep_jax.model import bands as bands_lib
 from avsep_jax.model import visual as visual_lib
 from avsep_jax import signal
 
@@ -46,7 +51,6 @@ def check_streamable(config):
     raise ValueError("streaming needs a causal model (the `stream` variant, "
                      "configs/*.py:stream); this one looks ahead")
   avsep_lib.check_causal(config)
-  variants.require_mask_decoder(config, "streaming")
   if config.dtype != "float32":
     raise ValueError(f"streaming runs in float32, the model computes in {config.dtype}")
   _, _, hop = config.stft_scales[0]
@@ -114,12 +118,28 @@ def init_state(config, speaker_mask):
     state[f"fusion_av_kv_{i}"] = kv(b, s, window=left, d_model=a.d_model,
                                     heads=f.num_heads)
     state[f"fusion_va_kv_{i}"] = kv(b, window=left, d_model=a.d_model, heads=f.num_heads)
-  for i in range(d.num_layers):
-    state[f"decoder_time_kv_{i}"] = kv(b, s, window=left, d_model=a.d_model,
-                                       heads=d.num_heads)
-    state[f"decoder_cross_kv_{i}"] = kv(b, window=left, d_model=a.d_model,
-                                        heads=d.num_heads)
+  if d.get("kind", "masks") == "bands":
+    k = len(_band_edges(config))
+    for i in range(d.shared_layers):
+      state[f"separator_shared_kv_{i}"] = kv(b, k, window=left, d_model=d.d_model,
+                                             heads=d.num_heads)
+    for i in range(d.num_layers):
+      state[f"separator_kv_{i}"] = kv(b, s, k, window=left, d_model=d.d_model,
+                                      heads=d.num_heads)
+  else:
+    for i in range(d.num_layers):
+      state[f"decoder_time_kv_{i}"] = kv(b, s, window=left, d_model=a.d_model,
+                                         heads=d.num_heads)
+      state[f"decoder_cross_kv_{i}"] = kv(b, window=left, d_model=a.d_model,
+                                          heads=d.num_heads)
   return state
+
+
+def _band_edges(config):
+  """The band separator's ((start, stop), ...) bin ranges at the main STFT scale."""
+  n_fft = config.stft_scales[0][0]
+  return bands_lib.band_edges(n_fft // 2 + 1,
+                              tuple(tuple(band) for band in config.decoder.bands))
 
 
 # ----------------------------------------------------------------------------- layers
@@ -162,6 +182,16 @@ def _time_visible(start, n, window):
   q = start + jnp.arange(n)[:, None]
   k = start - window + jnp.arange(window + n)[None, :]
   return (k <= q) & (k >= q - window) & (k >= 0)
+
+
+def _attention(p, x, visible, num_heads):
+  """Self-attention within groups that need no cache (slots, bands at one frame).
+
+  x (N, L, d), visible broadcastable to (N, H, L, L) -> (N, L, d).
+  """
+  q, k, v = (_heads(p[name], x, num_heads) for name in ("query", "key", "value"))
+  out = _attend(q, k, v, visible)
+  return _dense(p["out"], out.reshape(x.shape[:-1] + (-1,)))
 
 
 def _cached_attention(p, x_q, x_kv, cache, visible, num_heads):
@@ -355,10 +385,8 @@ def _decoder(config, params, state, x, memory, new, visible):
     x = x + out.reshape(b, s, n, d)
 
     h = _ln(q["ln_speaker"], x).transpose(0, 2, 1, 3).reshape(b * n, s, d)
-    heads = [_heads(q["speaker_attn"][k], h, cfg.num_heads)
-             for k in ("query", "key", "value")]
     seen = jnp.repeat(mask, n, axis=0)[:, None, None, :]  # (B*n, 1, 1, S)
-    out = _dense(q["speaker_attn"]["out"], _attend(*heads, seen).reshape(b * n, s, d))
+    out = _attention(q["speaker_attn"], h, seen, cfg.num_heads)
     x = x + out.reshape(b, n, s, d).transpose(0, 2, 1, 3)
 
     h = _ln(q["ln_cross"], x).reshape(b, s * n, d)
@@ -372,9 +400,66 @@ def _decoder(config, params, state, x, memory, new, visible):
   return jax.nn.sigmoid(_dense(p[f"mask_{n_fft}"], x))
 
 
+def _tf_block(p, x, condition, speaker_mask, cache, visible, num_heads):
+  """A `separator.TFBlock` over n new frames; returns (x, new cache).
+
+  x (B, S, n, K, d) (S = 1 in the shared blocks), condition (B, S, n, dc) or None,
+  speaker_mask (B, S) (read by the slot blocks only), cache (2, B, [S,] K, W, H, D),
+  visible (n, W + n).
+  """
+  b, s, n, k, d = x.shape
+  if condition is not None:
+    x = x + _dense(p["condition"], condition)[:, :, :, None]
+  h = _ln(p["ln_band"], x).reshape(b * s * n, k, d)
+  every_band = jnp.ones((1, 1, 1, k), bool)
+  x = x + _attention(p["band_attn"], h, every_band, num_heads).reshape(x.shape)
+
+  h = _ln(p["ln_time"], x).transpose(0, 1, 3, 2, 4).reshape(b * s * k, n, d)
+  out, new_cache = _cached_attention(p["time_attn"], h, h,
+                                     cache.reshape((2, b * s * k) + cache.shape[-3:]),
+                                     visible[None, None], num_heads)
+  x = x + out.reshape(b, s, k, n, d).transpose(0, 1, 3, 2, 4)
+
+  if "slot_attn" in p:
+    h = _ln(p["ln_slot"], x).transpose(0, 2, 3, 1, 4).reshape(b * n * k, s, d)
+    seen = jnp.repeat(speaker_mask, n * k, axis=0)[:, None, None, :]  # rows (b, n, k)
+    out = _attention(p["slot_attn"], h, seen, num_heads)
+    x = x + out.reshape(b, n, k, s, d).transpose(0, 3, 1, 2, 4)
+  x = x + _mlp(p["mlp"], _ln(p["ln_mlp"], x))
+  return x, new_cache.reshape(cache.shape)
+
+
+def _separator(config, params, state, spec, streams, new, visible):
+  """Stepwise `separator.BandSeparator` (causal: no level normalisation, no
+  positions): spec (B, n, bins) complex, streams (B, S, n, d) -> (B, S, n, bins)
+  complex masks.
+
+  Band split and mask head act on each frame alone, so they run as the Flax modules.
+  """
+  cfg, p = config.decoder, params["separator"]
+  b, s = streams.shape[:2]
+  edges = _band_edges(config)
+  x = bands_lib.BandSplit(edges, cfg.d_model).apply(
+      {"params": p["band_split"]},
+      bands_lib.compressed_features(spec, cfg.compress))[:, None]  # (B, 1, n, K, d)
+  for i in range(cfg.shared_layers):
+    name = f"separator_shared_kv_{i}"
+    x, new[name] = _tf_block(p[f"shared_{i}"], x, None, None, state[name], visible,
+                             cfg.num_heads)
+  x = jnp.broadcast_to(x, (b, s) + x.shape[2:])
+  for i in range(cfg.num_layers):
+    name = f"separator_kv_{i}"
+    x, new[name] = _tf_block(p[f"layer_{i}"], x, streams, state["speaker_mask"],
+                             state[name], visible, cfg.num_heads)
+  return bands_lib.BandMask(edges, cfg.mask_hidden).apply({"params": p["mask"]}, x)
+
+
 def _overlap_add(config, state, spec, masks, new):
-  """Masked frames -> (B, S, n * hop) finished samples (inverse causal STFT)."""
+  """Masks (B, S, n, bins), real or complex, on the new frames -> (B, S, n * hop)
+  finished samples (inverse causal STFT of masks * spec, as `avsep.reconstruct`)."""
   n_fft, win, hop = config.stft_scales[0]
+  if config.phase == "mixture":
+    masks = jnp.abs(masks)
   frames = jnp.fft.irfft(masks * spec[:, None], n=n_fft, axis=-1)
   left = (n_fft - win) // 2
   window = signal.window(n_fft, win)
@@ -420,7 +505,10 @@ def audio_step(config, params, state, chunk):
   if config.decoder.activity_cue:
     c = jax.nn.sigmoid(activity)[..., None]
     streams = streams + _dense(params["activity_cue"], jnp.concatenate([c, c * c], -1))
-  masks = _decoder(config, params, state, streams, audio, new, visible)
+  if config.decoder.get("kind", "masks") == "bands":
+    masks = _separator(config, params, state, spec, streams, new, visible)
+  else:
+    masks = _decoder(config, params, state, streams, audio, new, visible)
   out = _overlap_add(config, state, spec, masks, new)
   new["samples"] = state["samples"] + n * hop
   keep = state["speaker_mask"][:, :, None]

@@ -9,26 +9,34 @@ import numpy as np
 import pytest
 
 from avsep_jax import model as model_lib
+from avsep_jax.export import onnx_export
 from avsep_jax.model import variants
 from avsep_jax.stream import Streamer
+from avsep_jax.stream import step as step_lib
 
 SAMPLES = 16_000   # 1 s: longer than the test window, so caches roll over
 FRAMES = 25
 
 
-def stream_config(num_speakers, activity_cue=False):
-  """Smoke-sized streaming model with a short window (20 audio frames, 5 video)."""
-  config = variants.make_causal(variants.model_config("smoke", num_speakers), window=20)
-  config.decoder.activity_cue = activity_cue
+def stream_config(num_speakers, activity_cue=False, variant="smoke", **decoder):
+  """Smoke-sized streaming model with a short window (20 audio frames, 5 video);
+  `decoder` overrides `config.decoder` keys."""
+  config = variants.make_causal(variants.model_config(variant, num_speakers), window=20)
+  config.decoder.update(activity_cue=activity_cue, **decoder)
   return config
 
 
 @functools.lru_cache(maxsize=None)
-def model_and_params(num_speakers, activity_cue=False):
-  config = stream_config(num_speakers, activity_cue)
+def model_and_params(num_speakers, activity_cue=False, variant="smoke", **decoder):
+  config = stream_config(num_speakers, activity_cue, variant, **decoder)
   net = model_lib.AVSeparator(config)
   mixture, video, mask = inputs(1, num_speakers)
   params = nn.unbox(jax.jit(net.init)(jax.random.key(3), mixture, video, mask))["params"]
+  if variant == "smoke_bands":
+    # The mask head starts near 1/2 everywhere (its output kernel is scaled by 0.01);
+    # scaled back up, its masks depend on the tokens as a trained model's do.
+    head = params["separator"]["mask"]
+    head["out_kernel"] = 100.0 * head["out_kernel"]
   return config, net, params
 
 
@@ -56,9 +64,7 @@ def test_stream_variant_is_lite_made_causal():
   with pytest.raises(ValueError, match="one STFT scale"):
     masks.causal = True
     model_lib.avsep.check_causal(masks)
-  with pytest.raises(ValueError, match="streaming has no port of the band separator"):
-    variants.require_mask_decoder(variants.make_causal(variants.model_config("lite")),
-                                  "streaming")
+  step_lib.check_streamable(variants.make_causal(variants.model_config("lite")))
 
 
 @pytest.mark.slow
@@ -87,7 +93,15 @@ def test_causal_model_output_ignores_later_input():
     pytest.param(6, (), True, 20, marks=pytest.mark.slow)])
 def test_stream_equals_offline_shifted_by_the_delay(num_speakers, absent, activity_cue,
                                                     step_ms):
-  config, net, params = model_and_params(num_speakers, activity_cue)
+  check_stream_equals_offline(model_and_params(num_speakers, activity_cue), absent,
+                              step_ms)
+
+
+def check_stream_equals_offline(model, absent, step_ms):
+  """Streams a batch of two recordings (the second without the `absent` slots) in steps
+  of `step_ms` and compares them with the offline model shifted by the delay."""
+  config, net, params = model
+  num_speakers = config.num_speakers
   mixture, video, mask = inputs(2, num_speakers, seed=num_speakers)
   mask[1, list(absent)] = False
   expected = offline(net, params, mixture, video, mask)
@@ -100,6 +114,48 @@ def test_stream_equals_offline_shifted_by_the_delay(num_speakers, absent, activi
   assert np.abs(expected).max() > 1e-2  # not comparing silence
   np.testing.assert_array_equal(out[..., :d], 0.0)
   np.testing.assert_array_equal(out[1, list(absent)], 0.0)
+
+
+# The band separator (`smoke_bands`, with the activity cue): the fast tier keeps 2 slots
+# with an absent one and one-hop steps; 3 slots step by two hops; the last case has
+# bands of three widths, two shared and two slot blocks.
+@pytest.mark.parametrize("num_speakers,absent,step_ms,decoder", [
+    (2, (1,), 10, {}),
+    pytest.param(3, (0,), 20, {}, marks=pytest.mark.slow),
+    pytest.param(3, (1,), 20, dict(bands=((4, 4), (8, 4), (16, 2)), shared_layers=2,
+                                   num_layers=2), marks=pytest.mark.slow)])
+def test_band_separator_stream_equals_offline_shifted_by_the_delay(
+    num_speakers, absent, step_ms, decoder):
+  check_stream_equals_offline(
+      model_and_params(num_speakers, True, "smoke_bands", **decoder), absent, step_ms)
+
+
+def test_band_separator_state_has_its_caches_only():
+  config = stream_config(3, variant="smoke_bands",
+                         bands=((4, 4), (8, 4), (16, 2)), shared_layers=2, num_layers=3)
+  state = jax.eval_shape(functools.partial(step_lib.init_state, config),
+                         jax.ShapeDtypeStruct((2, 3), bool))
+  # 10 bands, 2 heads of 8, the last 20 frames.
+  shapes = {k: v.shape for k, v in state.items() if k.startswith("separator")}
+  assert shapes == {**{f"separator_shared_kv_{i}": (2, 2, 10, 20, 2, 8) for i in range(2)},
+                    **{f"separator_kv_{i}": (2, 2, 3, 10, 20, 2, 8) for i in range(3)}}
+  assert not [k for k in state if k.startswith("decoder")]
+  masks = jax.eval_shape(functools.partial(step_lib.init_state, stream_config(3)),
+                         jax.ShapeDtypeStruct((2, 3), bool))
+  assert not [k for k in masks if k.startswith("separator")]
+  assert "decoder_time_kv_0" in masks and "decoder_cross_kv_0" in masks
+
+
+def test_torch_and_onnx_streams_refuse_the_band_separator(tmp_path):
+  from avsep_jax.export import torch_stream  # pylint: disable=g-import-not-at-top
+  config, _, params = model_and_params(2, True, "smoke_bands")
+  with pytest.raises(ValueError, match="the ONNX stream export has no port of the band "
+                                       "separator"):
+    onnx_export.export_stream(config, params, tmp_path / "stream")
+  assert not (tmp_path / "stream").exists()
+  with pytest.raises(ValueError, match="the PyTorch stream step has no port of the band "
+                                       "separator"):
+    torch_stream.TorchStreamer(config, params)
 
 
 def test_misuse_gets_a_clear_error():
