@@ -181,9 +181,6 @@ def _flax_shapes(model):
 
 def build_mirror(model_config, params=None):
   """AVSeparatorTorch(model_config) in eval mode, with `params` (Flax) loaded if given."""
-  if not model_config.get("use_video", True):
-    raise NotImplementedError("the audio-only baseline (use_video=False) is a training "
-                              "reference and has no PyTorch mirror")
   model = tm.AVSeparatorTorch(model_config).eval()
   if params is not None:
     model.load_state_dict(flax_to_state_dict(params, model), strict=True)

@@ -5,20 +5,23 @@ module it mirrors (`audio_encoder.transformer.block_0.attn.query`), so
 `avsep_jax.export.convert` maps weights by path. Layouts stay channel-last as in Flax;
 convolutions permute around torch's NCHW kernels.
 
-What is mirrored: every alignment ('interpolate', 'hold' and 'soft_dtw', the latter
-with its forward table and expected-alignment backward pass written out as scans over
-the table's anti-diagonals, which export as ONNX Scans whose length follows the
-input's), both phases ('mixture' iSTFT and 'griffin_lim'), causal and windowed
-attention, the causal (`stream`) model end to end (causal STFT framing, causal CNN and
-3-D stem padding, no positions), the decoder's activity cue, every variant's sizes.
-Dropout is absent (inference only). The forward returns the waveforms;
-`forward_with_aux` adds the lip activity logits and the per-scale masks.
+What is mirrored: both decoders (the band separator, whose complex masks come back as
+(real, imag) pairs since ONNX has no complex dtype, and the magnitude-mask decoder),
+every alignment ('interpolate', 'hold' and 'soft_dtw', the latter with its forward
+table and expected-alignment backward pass written out as scans over the table's
+anti-diagonals, which export as ONNX Scans whose length follows the input's), every
+phase ('complex' and 'mixture' iSTFT, 'griffin_lim' from the estimate's phase), causal
+and windowed attention, the causal model end to end (causal STFT framing, causal CNN
+and 3-D stem padding, no positions), the decoder's activity cue, the audio-only
+baseline (a learned stream per slot; the video input is then ignored), every
+variant's sizes. Dropout is absent (inference only). The forward returns the
+waveforms; `forward_with_aux` adds the lip activity logits and the masks.
 
 This module holds the model: the audio and visual encoders, the fusion, the separation
-decoder and `AVSeparatorTorch`. Its parts live beside it: `torch_signal` (the STFT and
-iSTFT as convolutions, Griffin-Lim), `torch_alignment` (the video-to-audio alignments)
-and `torch_blocks` (attention, the transformer encoder, the convolutions,
-MobileFaceNet).
+decoder and `AVSeparatorTorch`. Its parts live beside it: `torch_separator` (the band
+separator), `torch_signal` (the STFT and iSTFT as convolutions, Griffin-Lim),
+`torch_alignment` (the video-to-audio alignments) and `torch_blocks` (attention, the
+transformer encoder, the convolutions, MobileFaceNet).
 """
 
 import math
@@ -37,12 +40,14 @@ from avsep_jax.export.torch_blocks import Encoder
 from avsep_jax.export.torch_blocks import MlpBlock
 from avsep_jax.export.torch_blocks import MobileFaceNet
 from avsep_jax.export.torch_blocks import MultiHeadAttention
+from avsep_jax.export.torch_separator import BandSeparator
 from avsep_jax.export.torch_signal import _unit_phase
 from avsep_jax.export.torch_signal import griffin_lim
 from avsep_jax.export.torch_signal import ISTFT
 from avsep_jax.export.torch_signal import STFT
 
-PHASES = ("mixture", "griffin_lim")
+PHASES = ("complex", "mixture", "griffin_lim")
+DECODERS = ("bands", "masks")
 _PIXEL_MEAN, _PIXEL_STD = 0.45, 0.25
 
 
@@ -254,16 +259,32 @@ class SeparationDecoder(nn.Module):
 # ------------------------------------------------------------------------------ model
 
 
+def _estimate(re, im, mask, phase):
+  """Mixture spectrum re, im (B, T, F) x a slot mask -> the estimate's (B, S, T, F) pair.
+
+  A real mask (B, S, T, F) scales the mixture; a complex one, a pair (real, imag),
+  multiplies it (`phase` 'complex' and 'griffin_lim') or scales it by its modulus
+  ('mixture': the mixture's phase), as `avsep.reconstruct`.
+  """
+  re, im = re[:, None], im[:, None]
+  if not isinstance(mask, tuple):
+    return re * mask, im * mask
+  m_re, m_im = mask
+  if phase == "mixture":
+    gain = torch.sqrt(m_re * m_re + m_im * m_im)
+    return re * gain, im * gain
+  return re * m_re - im * m_im, re * m_im + im * m_re
+
+
 class AVSeparatorTorch(nn.Module):
-  """Inference mirror of `AVSeparator(config)`; `convert.load_flax_params` fills it."""
+  """Inference mirror of `AVSeparator(config)`; `convert.build_mirror` fills it."""
 
   def __init__(self, config):
     super().__init__()
     cfg = config
-    if cfg.decoder.get("kind", "masks") != "masks":  # (model.variants.require_mask_decoder)
-      raise ValueError("the PyTorch mirror has no port of the band separator "
-                       "(decoder.kind='bands') yet; it serves models with the "
-                       "magnitude-mask decoder (variants.make_mask_decoder)")
+    self.kind = cfg.decoder.get("kind", "masks")
+    if self.kind not in DECODERS:
+      raise ValueError(f"decoder.kind must be one of {DECODERS}, got {self.kind!r}")
     if cfg.phase not in PHASES:
       raise ValueError(f"phase must be one of {PHASES}, got {cfg.phase!r}")
     self.phase = cfg.phase
@@ -272,26 +293,37 @@ class AVSeparatorTorch(nn.Module):
     self.roi_size = int(cfg.roi_size)
     self.sample_rate, self.video_fps = int(cfg.sample_rate), cfg.video_fps
     self.scales = tuple(tuple(int(v) for v in s) for s in cfg.stft_scales)
+    if self.kind == "bands" and len(self.scales) != 1:
+      raise ValueError("decoder.kind='bands' predicts at the main STFT scale only: set "
+                       "stft_scales to one scale")
     window = None if cfg.attention_window is None else tuple(cfg.attention_window)
     causal = bool(cfg.causal)
     main_n_fft, _, main_hop = self.scales[0]
     frames_per_video = cfg.sample_rate / cfg.video_fps / main_hop
     video_window = None if window is None else tuple(
         math.ceil(w / frames_per_video) for w in window)
+    d = cfg.audio.d_model
 
     self.causal = causal
     self.stfts = nn.ModuleList([STFT(*s, causal=causal) for s in self.scales])
     self.istfts = nn.ModuleList([ISTFT(*s, causal=causal) for s in self.scales])
     self.audio_encoder = AudioEncoder(cfg.audio, main_n_fft, causal, window)
-    self.visual_encoder = VisualEncoder(cfg.visual, cfg.roi_size, causal, video_window)
-    self.activity_head = nn.Linear(cfg.visual.d_model, 1)
-    self.fusion = Fusion(cfg.fusion, cfg.audio.d_model, cfg.visual.d_model, main_hop,
-                         cfg.sample_rate, cfg.video_fps, causal, window)
-    self.decoder = SeparationDecoder(cfg.decoder, cfg.audio.d_model, self.scales,
-                                     causal, window)
+    self.use_video = bool(cfg.get("use_video", True))
+    if self.use_video:
+      self.visual_encoder = VisualEncoder(cfg.visual, cfg.roi_size, causal, video_window)
+      self.activity_head = nn.Linear(cfg.visual.d_model, 1)
+      self.fusion = Fusion(cfg.fusion, d, cfg.visual.d_model, main_hop, cfg.sample_rate,
+                           cfg.video_fps, causal, window)
+    else:
+      # The audio-only baseline's streams: a learned embedding per slot.
+      self.slot_embedding = nn.Parameter(torch.zeros(cfg.num_speakers, d))
+    if self.kind == "bands":
+      self.separator = BandSeparator(cfg.decoder, main_n_fft // 2 + 1, d, causal, window)
+    else:
+      self.decoder = SeparationDecoder(cfg.decoder, d, self.scales, causal, window)
     # The decoder's slot cue: each slot's lip activity on the audio frames, (c, c^2).
-    self.activity_cue = (nn.Linear(2, cfg.audio.d_model)
-                         if cfg.decoder.get("activity_cue") else None)
+    self.activity_cue = (nn.Linear(2, d)
+                         if self.use_video and cfg.decoder.get("activity_cue") else None)
     self.video_scale = main_hop * cfg.video_fps / cfg.sample_rate
 
   def forward(self, mixture, video, speaker_mask):
@@ -300,36 +332,52 @@ class AVSeparatorTorch(nn.Module):
     return self.forward_with_aux(mixture, video, speaker_mask)[0]
 
   def forward_with_aux(self, mixture, video, speaker_mask):
-    """As `forward`, plus {'activity_logits': (B, S, F), 'masks': [per scale]}."""
+    """As `forward`, plus an aux dict.
+
+    Returns:
+      waveforms (B, S, T) and {'masks': a list over STFT scales, 'activity_logits':
+      (B, S, F) (only when the model reads the video)}. A mask is (B, S, T_k, bins)
+      in [0, 1] from the 'masks' decoder; from 'bands' the one (main) scale's complex
+      mask as a pair (real, imag) of (B, S, T, bins).
+    """
     mixture = mixture.float()
     speaker_mask = speaker_mask.bool()
     b, num_samples = mixture.shape
     s = video.shape[1]
     specs = [stft(mixture) for stft in self.stfts]
     audio = self.audio_encoder(*specs[0])
-    video_tokens = self.visual_encoder(video)
-    activity = self.activity_head(video_tokens)[..., 0]
-    audio, streams = self.fusion(audio, video_tokens, speaker_mask)
-    if self.activity_cue is not None:
-      streams = streams + self._activity_cue(torch.sigmoid(activity), streams.shape[2])
-    masks = self.decoder(streams, audio, speaker_mask, [re.shape[1] for re, _ in specs])
+    aux = {}
+    if self.use_video:
+      video_tokens = self.visual_encoder(video)
+      activity = self.activity_head(video_tokens)[..., 0]
+      audio, streams = self.fusion(audio, video_tokens, speaker_mask)
+      if self.activity_cue is not None:
+        streams = streams + self._activity_cue(torch.sigmoid(activity), streams.shape[2])
+      aux["activity_logits"] = activity
+    else:
+      t, d = audio.shape[1:]
+      streams = self.slot_embedding[None, :s, None].expand(b, s, t, d)
+    if self.kind == "bands":
+      masks = [self.separator(*specs[0], streams, speaker_mask)]
+    else:
+      masks = self.decoder(streams, audio, speaker_mask, [re.shape[1] for re, _ in specs])
 
     keep = speaker_mask[:, :, None].float()
+    flat = lambda z: z.flatten(0, 1)
     waves = []
     for (re, im), mask, istft, stft in zip(specs, masks, self.istfts, self.stfts):
-      re, im = re[:, None] * mask, im[:, None] * mask   # (B, S, T_k, bins)
-      flat = lambda z: z.flatten(0, 1)
-      if self.phase == "mixture":
-        y = istft(flat(re), flat(im), num_samples)
-      else:
-        mag = torch.sqrt(re * re + im * im)  # = mask * |X|, mask >= 0
-        c, sn = _unit_phase(*specs[len(waves)])
-        c, sn = c[:, None].expand_as(mag), sn[:, None].expand_as(mag)
+      re, im = _estimate(re, im, mask, self.phase)   # (B, S, T_k, bins)
+      if self.phase == "griffin_lim":
+        # From the estimate's phase, as `avsep.reconstruct`.
+        mag = torch.sqrt(re * re + im * im)
+        c, sn = _unit_phase(re, im)
         y = griffin_lim(flat(mag), flat(c), flat(sn), stft, istft, num_samples,
                         self.griffin_lim_iters)
+      else:
+        y = istft(flat(re), flat(im), num_samples)
       waves.append(y.reshape(b, s, -1) * keep)
-    return torch.stack(waves, dim=1).mean(dim=1), {"activity_logits": activity,
-                                                   "masks": masks}
+    aux["masks"] = masks
+    return torch.stack(waves, dim=1).mean(dim=1), aux
 
   def _activity_cue(self, cue, num_frames):
     """(B, S, F) activity in [0, 1] on video frames -> (B, S, T, d) query offsets."""

@@ -12,20 +12,24 @@ from avsep_jax.model import model_config
 TOL = 1e-4
 
 
-# Each alignment once: soft-DTW's two Scans must follow the input's length.
-# Each export takes 27 s of CPU: the fast tier keeps the 2-slot one.
+# Each alignment once: soft-DTW's two Scans must follow the input's length; and the
+# band separator (3 slots, so one is padded in some inputs, with complex masks).
+# Each export takes 27 s of CPU: the fast tier keeps the 2-slot mask-decoder one.
 @pytest.fixture(scope="module", params=[
-    (2, "interpolate"), pytest.param((6, "soft_dtw"), marks=pytest.mark.slow)])
+    ("smoke", 2, "interpolate"),
+    pytest.param(("smoke", 6, "soft_dtw"), marks=pytest.mark.slow),
+    pytest.param(("smoke_bands", 3, "interpolate"), marks=pytest.mark.slow)],
+    ids=lambda p: "_".join(map(str, p)))
 def exported(request, tmp_path_factory):
-  num_speakers, method = request.param
-  cfg = model_config("smoke", num_speakers)
+  variant, num_speakers, method = request.param
+  cfg = model_config(variant, num_speakers)
   cfg.fusion.alignment = method
   mirror = convert.build_mirror(cfg)
   gen = torch.Generator().manual_seed(num_speakers)
   with torch.no_grad():
     for p in mirror.parameters():
       p.copy_(0.2 * torch.randn(p.shape, generator=gen))
-  path = tmp_path_factory.mktemp("onnx") / f"smoke{num_speakers}_{method}.onnx"
+  path = tmp_path_factory.mktemp("onnx") / f"{variant}{num_speakers}_{method}.onnx"
   onnx_export.export_onnx(mirror, cfg, path)
   return cfg, mirror, path
 
@@ -62,16 +66,21 @@ def test_onnx_runtime_matches_torch_dynamic_shapes(exported):
 
 def test_int8_runs_close_to_float(exported, tmp_path):
   cfg, mirror, path = exported
-  if cfg.num_speakers != 2:
-    pytest.skip("one speaker count is enough")
+  if cfg.num_speakers == 6:
+    pytest.skip("one mask-decoder export is enough")
   q = onnx_export.quantize_int8(path, tmp_path / "int8.onnx")
   mixture, video, mask = _inputs(cfg, 1, 6_400, seed=5)
   f32 = onnx_export.OnnxSeparator(path)(mixture, video, mask)
   i8 = onnx_export.OnnxSeparator(q)(mixture, video, mask)
   assert np.all(np.isfinite(i8)) and np.all(i8[~mask] == 0)
-  # Random weights: only a loose sanity bound (quality is measured on trained ones).
-  err = np.abs(i8 - f32).max() / np.abs(f32).max()
-  assert err < 0.5, err
+  # Random weights, u8 INT8 weights (exact on every x86-64 path): measured 65.8 dB
+  # (smoke) and 55.0 dB (smoke_bands) against the f32 export.
+  snr = 10 * np.log10(np.sum(f32 ** 2) / np.sum((i8 - f32) ** 2))
+  assert snr > 40, snr
+  ops = [n.op_type for n in onnx.load(str(q)).graph.node]
+  assert "MatMulInteger" in ops
+  # The band separator's per-band layers (constant (K, C, N) weights) stay float.
+  assert ops.count("MatMul") == (3 if cfg.decoder.kind == "bands" else 0), ops.count("MatMul")
 
 
 def test_bad_inputs_and_foreign_files(exported, tmp_path):

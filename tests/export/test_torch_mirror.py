@@ -1,5 +1,6 @@
 """PyTorch mirror vs the JAX model on fresh random weights and inputs (f32)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,9 +9,13 @@ import torch
 
 from avsep_jax.export import convert
 from avsep_jax.export import torch_alignment
+from avsep_jax.export import torch_separator
 from avsep_jax.export import torch_signal
 from avsep_jax.model import AVSeparator, model_config
 from avsep_jax.model import alignment
+from avsep_jax.model import bands
+from avsep_jax.model import layers
+from avsep_jax.model import separator
 from avsep_jax.model import variants
 from avsep_jax import signal
 
@@ -26,10 +31,21 @@ def _inputs(cfg, batch, num_samples, mask, seed=0):
   return mixture, video, np.asarray(mask, bool)
 
 
+def _init(cfg, mixture, video, mask, seed):
+  """Fresh params of AVSeparator(cfg). The band separator's mask head starts near 1/2
+  everywhere (its output kernel is scaled by 0.01), so that head is scaled back up:
+  its masks then depend on the tokens as a trained model's do, and so does the test."""
+  variables = nn.unbox(jax.jit(AVSeparator(cfg).init)(jax.random.PRNGKey(seed), mixture,
+                                                      video, mask))
+  if cfg.decoder.get("kind") == "bands":
+    head = variables["params"]["separator"]["mask"]
+    head["out_kernel"] = 100.0 * head["out_kernel"]
+  return variables
+
+
 def _compare(cfg, mixture, video, mask, seed=0):
-  model = AVSeparator(cfg)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(seed), mixture, video, mask)
-  want, aux = jax.jit(model.apply)(variables, mixture, video, mask)
+  variables = _init(cfg, mixture, video, mask, seed)
+  want, aux = jax.jit(AVSeparator(cfg).apply)(variables, mixture, video, mask)
   mirror = convert.build_mirror(cfg, variables["params"])
   with torch.no_grad():
     got, got_aux = mirror.forward_with_aux(
@@ -37,12 +53,31 @@ def _compare(cfg, mixture, video, mask, seed=0):
   want = np.asarray(want)
   assert got.shape == want.shape
   np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=TOL)
-  np.testing.assert_allclose(got_aux["activity_logits"].numpy(),
-                             np.asarray(aux["activity_logits"]), rtol=0, atol=TOL)
+  if cfg.get("use_video", True):
+    np.testing.assert_allclose(got_aux["activity_logits"].numpy(),
+                               np.asarray(aux["activity_logits"]), rtol=0, atol=TOL)
+  assert len(got_aux["masks"]) == len(aux["masks"])
+  for got_mask, (n_fft, _, _) in zip(got_aux["masks"], cfg.stft_scales):
+    want_mask = np.asarray(aux["masks"][str(n_fft)])
+    if cfg.decoder.get("kind") == "bands":   # complex, as a pair (real, imag)
+      got_mask = got_mask[0].numpy() + 1j * got_mask[1].numpy()
+    else:
+      got_mask = got_mask.numpy()
+    np.testing.assert_allclose(got_mask, want_mask, rtol=0, atol=TOL)
   # Masked slots are silent, real ones are not.
   assert np.all(got.numpy()[~mask] == 0)
   assert np.all(np.abs(got.numpy()[mask]).max(axis=-1) > 0)
   return variables, mirror
+
+
+def _band_config(num_speakers, causal=False):
+  """smoke_bands with two shared and two slot blocks and three band widths (16, 32 and
+  65 bins: the last band takes the Nyquist bin), so every block kind runs twice."""
+  cfg = model_config("smoke_bands", num_speakers)
+  if causal:
+    variants.make_causal(cfg, window=20)
+  cfg.decoder.update(bands=((16, 4), (32, 2), (64, 2)), shared_layers=2, num_layers=2)
+  return cfg
 
 
 @pytest.mark.slow
@@ -62,6 +97,77 @@ def test_mirror_matches_jax_soft_dtw_odd_length():
   cfg = model_config("smoke", 2)   # soft-DTW alignment, the default
   mixture, video, mask = _inputs(cfg, 1, 3_250, [[True, False]], seed=1)
   _compare(cfg, mixture, video, mask, seed=1)
+
+
+@pytest.mark.slow  # 8-33 s each
+@pytest.mark.parametrize("num_speakers,mask,phase,causal,size", [
+    (2, [[True, True], [True, False]], "complex", False, "smoke_bands"),
+    (3, [[True, False, True], [True, True, True]], "mixture", False, "bands_x2"),
+    (2, [[False, True], [True, True]], "griffin_lim", False, "smoke_bands"),
+    (3, [[True, True, False], [True, True, True]], "complex", True, "bands_x2"),
+    (2, [[True, True], [True, False]], "complex", False, "audio_only"),
+])
+def test_mirror_matches_jax_bands(num_speakers, mask, phase, causal, size):
+  # The band separator end to end: complex masks as (real, imag) pairs, each phase,
+  # causal with a window shorter than the input, and the audio-only baseline's slot
+  # embeddings; 'bands_x2' has every block kind twice and three band widths.
+  if size == "bands_x2":
+    cfg = _band_config(num_speakers, causal)
+  else:
+    cfg = model_config("smoke_bands", num_speakers)
+    if causal:
+      variants.make_causal(cfg, window=20)
+  if size == "audio_only":
+    variants.make_audio_only(cfg)
+  if not causal and num_speakers == 2:
+    cfg.fusion.alignment = "interpolate"   # soft-DTW's mirror has its own tests
+  cfg.phase = phase
+  cfg.griffin_lim_iters = 3
+  if phase == "griffin_lim":
+    cfg.attention_window = (8, 2)
+  mixture, video, mask = _inputs(cfg, 2, 4_050 if causal else 4_000, mask, seed=6)
+  _compare(cfg, mixture, video, mask, seed=6)
+
+
+@pytest.mark.parametrize("causal,window", [(False, None), (False, (8, 2)), (True, (20, 0))])
+def test_band_separator_matches_flax(causal, window):
+  # The separator alone, at the size with every block kind twice: fast enough for
+  # the quick tier, where the whole-model comparisons above are slow.
+  cfg = _band_config(3, causal).decoder
+  b, s, t, f, dc = 2, 3, 30, 257, 24
+  rng = np.random.default_rng(8)
+  spec = 0.03 * (rng.standard_normal((b, t, f)) + 1j * rng.standard_normal((b, t, f)))
+  spec[:, :, 5] = 0   # bins of zero magnitude take the compression's other branch
+  spec = spec.astype(np.complex64)
+  streams = rng.standard_normal((b, s, t, dc)).astype(np.float32)
+  mask = np.array([[True, False, True], [True, True, True]])
+  module = separator.BandSeparator(cfg, layers.LayerOptions(causal=causal, window=window))
+  params = nn.unbox(jax.jit(module.init)(jax.random.PRNGKey(3), spec, streams, mask))
+  head = params["params"]["mask"]
+  head["out_kernel"] = 100.0 * head["out_kernel"]   # as `_init`
+  want = np.asarray(jax.jit(module.apply)(params, spec, streams, mask))
+  mirror = torch_separator.BandSeparator(cfg, f, dc, causal, window).eval()
+  mirror.load_state_dict(convert.flax_to_state_dict(params, mirror), strict=True)
+  with torch.no_grad():
+    re, im = mirror(torch.from_numpy(spec.real.copy()), torch.from_numpy(spec.imag.copy()),
+                    torch.from_numpy(streams), torch.from_numpy(mask))
+  assert re.shape == im.shape == (b, s, t, f)
+  assert np.abs(want - 0.5).max() > 1.0   # the masks vary, slots and bins apart
+  np.testing.assert_allclose(re.numpy() + 1j * im.numpy(), want, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("layout", [((32, 8),), ((16, 4), (32, 2), (64, 2)),
+                                    ((2, 16), (4, 8), (8, 8), (16, 8)), ((300, 1),)])
+def test_band_layout_matches_flax(layout):
+  # The mirror keeps its own copy of the layout (the torch modules import no Flax).
+  if sum(w * n for w, n in layout) > 257:
+    with pytest.raises(ValueError, match="needs 300 bins"):
+      torch_separator.band_edges(257, layout)
+    return
+  edges = torch_separator.band_edges(257, layout)
+  assert edges == bands.band_edges(257, layout) and edges[-1][1] == 257
+  for got, want in zip(torch_separator._gather_index(edges), bands._gather_index(edges)):
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("n,m,band", [
@@ -166,10 +272,35 @@ def test_safetensors_round_trip_and_wrong_config(tmp_path):
   soft = model_config("smoke", 2)   # soft_dtw has aligner projections the params lack
   with pytest.raises(convert.ParamsMismatchError, match="aligner"):
     convert.build_mirror(soft, variables["params"])
-  with pytest.raises(ValueError, match="PyTorch mirror has no port of the band"):
-    convert.build_mirror(model_config("lite", 2), variables["params"])
+  bands_cfg = model_config("smoke_bands", 2)
+  bands_cfg.fusion.alignment = "interpolate"
+  with pytest.raises(convert.ParamsMismatchError, match="separator/band_split"):
+    convert.build_mirror(bands_cfg, variables["params"])
   not_ours = tmp_path / "other.safetensors"
   from safetensors.torch import save_file
   save_file({"x": torch.zeros(1)}, str(not_ours))
   with pytest.raises(ValueError, match="not a model file"):
     convert.load_safetensors(not_ours)
+
+
+@pytest.mark.slow  # 14 s
+def test_safetensors_round_trip_bands(tmp_path):
+  # The per-band weights are parameters of the band modules, mapped by their Flax names.
+  cfg = model_config("smoke_bands", 2)
+  cfg.fusion.alignment = "interpolate"
+  mixture, video, mask = _inputs(cfg, 1, 3_200, [[True, False]])
+  variables = _init(cfg, mixture, video, mask, seed=0)
+  mirror = convert.build_mirror(cfg, variables["params"])
+  path = tmp_path / "bands.safetensors"
+  convert.save_safetensors(path, mirror, cfg)
+  loaded, loaded_cfg = convert.load_safetensors(path, expected_config=cfg)
+  assert loaded_cfg.decoder.kind == "bands"
+  args = [torch.from_numpy(a) for a in (mixture, video, mask)]
+  with torch.no_grad():
+    np.testing.assert_array_equal(loaded(*args).numpy(), mirror(*args).numpy())
+  flat_back = convert._flatten(convert.state_dict_to_flax(loaded.state_dict(), loaded))
+  flat_orig = convert._flatten(convert._unbox(variables["params"]))
+  assert flat_back.keys() == flat_orig.keys()
+  for k, v in flat_orig.items():
+    np.testing.assert_array_equal(flat_back[k], v, err_msg=str(k))
+  assert ("separator", "band_split", "kernel") in flat_back
