@@ -220,18 +220,15 @@ def export_stream(model_config, params, directory, *, step_ms=20.0, quantize=Non
     `directory`.
 
   Raises:
-    ValueError: a model that cannot stream (not causal, ...), a band-separator model
-      (the PyTorch stream steps have no port of it yet), a bad step, a bad quantize
-      mode or missing calibration.
+    ValueError: a model that cannot stream (not causal, ...), a bad step, a bad
+      quantize mode or missing calibration.
   """
   import torch
   from avsep_jax.export import convert
   from avsep_jax.export import torch_stream
-  from avsep_jax.model import variants
   from avsep_jax.stream import Streamer
   from avsep_jax.stream import onnx_engine
 
-  variants.require_mask_decoder(model_config, "the ONNX stream export")
   if quantize not in (None,) + QUANTIZE_MODES:
     raise ValueError(f"quantize must be one of {QUANTIZE_MODES} or None, got {quantize!r}")
   if quantize == "static" and not calibration:

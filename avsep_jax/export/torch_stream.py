@@ -8,10 +8,11 @@ Each module reads the state entries it needs and returns the ones it changes, as
 tuples of tensors, so a module exports to ONNX with the state as graph inputs and
 outputs (`reads`, `writes`: the names, in argument and result order).
 
-Written for export: no complex dtype, no torch.stft (the STFT is a strided conv1d
-against windowed DFT bases, the inverse a conv_transpose1d, as in torch_signal.py),
-attention masks built in the graph from the `samples` / `video_frames` counters, and
-caches of fixed size updated by concat + slice.
+Written for export: no complex dtype (the band separator's complex masks are (real,
+imag) pairs), no torch.stft (the STFT is a strided conv1d against windowed DFT bases,
+the inverse a conv_transpose1d, as in torch_signal.py), attention masks built in the
+graph from the `samples` / `video_frames` counters, and caches of fixed size updated by
+concat + slice.
 
 `TorchStreamer` drives the modules eagerly with the interface of
 `avsep_jax.stream.Streamer` (timing and parity checks).
@@ -26,8 +27,8 @@ from torch.nn import functional as F
 
 from avsep_jax.export import torch_blocks as tb
 from avsep_jax.export import torch_model as tm
+from avsep_jax.export import torch_separator
 from avsep_jax.export import torch_signal as ts
-from avsep_jax.model import variants
 from avsep_jax.signal.stft import steady_window_sum
 from avsep_jax.stream import driver
 
@@ -39,6 +40,16 @@ _FILL = tb._MASK_FILL
 
 def _hops_per_video_frame(config):
   return config.sample_rate // (config.stft_scales[0][2] * config.video_fps)
+
+
+def _is_bands(config):
+  return config.decoder.get("kind", "masks") == "bands"
+
+
+def _num_bands(config):
+  n_fft = config.stft_scales[0][0]
+  layout = tuple(tuple(band) for band in config.decoder.bands)
+  return len(torch_separator.band_edges(n_fft // 2 + 1, layout))
 
 
 def windows(config):
@@ -84,11 +95,20 @@ def state_spec(config, batch, speakers):
                                          heads=f.num_heads), "float32"))
     spec.append((f"fusion_va_kv_{i}", kv(b, window=left, d_model=a.d_model,
                                          heads=f.num_heads), "float32"))
-  for i in range(d.num_layers):
-    spec.append((f"decoder_time_kv_{i}", kv(b, s, window=left, d_model=a.d_model,
-                                            heads=d.num_heads), "float32"))
-    spec.append((f"decoder_cross_kv_{i}", kv(b, window=left, d_model=a.d_model,
-                                             heads=d.num_heads), "float32"))
+  if _is_bands(config):
+    k = _num_bands(config)
+    for i in range(d.shared_layers):
+      spec.append((f"separator_shared_kv_{i}", kv(b, k, window=left, d_model=d.d_model,
+                                                  heads=d.num_heads), "float32"))
+    for i in range(d.num_layers):
+      spec.append((f"separator_kv_{i}", kv(b, s, k, window=left, d_model=d.d_model,
+                                           heads=d.num_heads), "float32"))
+  else:
+    for i in range(d.num_layers):
+      spec.append((f"decoder_time_kv_{i}", kv(b, s, window=left, d_model=a.d_model,
+                                              heads=d.num_heads), "float32"))
+      spec.append((f"decoder_cross_kv_{i}", kv(b, window=left, d_model=a.d_model,
+                                               heads=d.num_heads), "float32"))
   return spec
 
 
@@ -109,14 +129,17 @@ def _heads(linear, x, num_heads):
   return linear(x).unflatten(-1, (num_heads, -1))
 
 
-def _attend(q, k, v, visible):
+def _attend(q, k, v, visible=None):
   """Softmax attention; rows that may see nothing give zeros (`step._attend`).
 
-  q (N, Tq, H, D), k/v (N, Tk, H, D), visible bool broadcastable to (N, H, Tq, Tk).
+  q (N, Tq, H, D), k/v (N, Tk, H, D), visible bool broadcastable to (N, H, Tq, Tk),
+  or None when every key is visible (no Where nodes in the graph).
   Plain matmuls (not einsum), so INT8 quantization sees MatMul nodes.
   """
   q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
   scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+  if visible is None:
+    return torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2)
   weights = torch.softmax(torch.where(visible, scores, torch.full_like(scores, _FILL)),
                           dim=-1)
   weights = torch.where(visible, weights, torch.zeros_like(weights))
@@ -129,6 +152,13 @@ def _time_visible(start, n, window):
   q = start + torch.arange(n)[:, None]
   k = start - window + torch.arange(window + n)[None, :]
   return (k <= q) & (k >= q - window) & (k >= 0)
+
+
+def _attention(attn, x, visible=None):
+  """Self-attention within groups that need no cache (slots, bands at one frame):
+  x (N, L, d), visible as `_attend`'s -> (N, L, d)."""
+  heads = [_heads(lin, x, attn.num_heads) for lin in (attn.query, attn.key, attn.value)]
+  return attn.out(_attend(*heads, visible).flatten(-2))
 
 
 def _cached_attention(attn, x_q, x_kv, cache, visible):
@@ -147,6 +177,35 @@ def _self_block(block, x, cache, visible):
   out, cache = _cached_attention(block.attn, h, h, cache, visible)
   x = x + out
   return x + block.mlp(block.ln_mlp(x)), cache
+
+
+def _tf_block(block, x, condition, speaker_mask, cache, visible):
+  """A `torch_separator.TFBlock` over n new frames (`step._tf_block`); returns (x, new
+  cache).
+
+  x (B, S, n, K, d) (S = 1 in the shared blocks), condition (B, S, n, dc) or None,
+  speaker_mask (B, S) (read by the slot blocks only), cache (2, B, [S,] K, W, H, D),
+  visible (n, W + n).
+  """
+  b, s, n, k, d = x.shape
+  if block.condition is not None:
+    x = x + block.condition(condition)[:, :, :, None]
+  h = block.ln_band(x).reshape(b * s * n, k, d)
+  x = x + _attention(block.band_attn, h).reshape(x.shape)
+
+  h = block.ln_time(x).transpose(2, 3).reshape(b * s * k, n, d)
+  out, new_cache = _cached_attention(block.time_attn, h, h,
+                                     cache.reshape(2, b * s * k, *cache.shape[-3:]),
+                                     visible[None, None])
+  x = x + out.reshape(b, s, k, n, d).transpose(2, 3)
+
+  if block.slots:
+    h = block.ln_slot(x).permute(0, 2, 3, 1, 4).reshape(b * n * k, s, d)
+    # Rows (b, n, k), as h's.
+    seen = speaker_mask[:, None].expand(b, n * k, s).reshape(b * n * k, 1, 1, s)
+    out = _attention(block.slot_attn, h, seen)
+    x = x + out.reshape(b, n, k, s, d).permute(0, 3, 1, 2, 4)
+  return x + block.mlp(block.ln_mlp(x)), new_cache.reshape(cache.shape)
 
 
 # ------------------------------------------------------------------------------ video
@@ -213,6 +272,8 @@ class AudioStep(nn.Module):
 
   chunk: (B, hops * hop) float32 mixture; waveforms: (B, S, hops * hop) float32 of
   samples [samples - delay, samples - delay + hops * hop), zeros in absent slots.
+  The decoder is the mirror's, by `config.decoder.kind`: the mask decoder or the band
+  separator.
   """
 
   def __init__(self, mirror, config, hops):
@@ -223,6 +284,7 @@ class AudioStep(nn.Module):
     self.left, _ = windows(config)
     self.hops_per_video = _hops_per_video_frame(config)
     self.activity_cue = bool(config.decoder.get("activity_cue"))
+    self.bands, self.phase = _is_bands(config), config.phase
     a, f, d = config.audio, config.fusion, config.decoder
     self.num_cnn, self.audio_layers = len(a.cnn_channels), a.num_layers
     self.fusion_layers, self.decoder_layers = f.num_layers, d.num_layers
@@ -242,13 +304,17 @@ class AudioStep(nn.Module):
     self.register_buffer("norm", torch.tensor(np.tile(norm, self.hops)), persistent=False)
 
     names = lambda stem, n: [f"{stem}_{i}" for i in range(n)]
+    if self.bands:
+      decoder = (*names("separator_shared_kv", d.shared_layers),
+                 *names("separator_kv", d.num_layers))
+    else:
+      decoder = [k for i in range(self.decoder_layers)
+                 for k in (f"decoder_time_kv_{i}", f"decoder_cross_kv_{i}")]
     self.writes = ("samples", "stft", "phase", *names("cnn", self.num_cnn),
                    *names("audio_kv", self.audio_layers),
                    *[k for i in range(self.fusion_layers)
                      for k in (f"fusion_av_kv_{i}", f"fusion_va_kv_{i}")],
-                   *[k for i in range(self.decoder_layers)
-                     for k in (f"decoder_time_kv_{i}", f"decoder_cross_kv_{i}")],
-                   "ola")
+                   *decoder, "ola")
     self.reads = ("samples", "video_frames", "speaker_mask", "video_tokens",
                   *(("activity",) if self.activity_cue else ()), *self.writes[1:])
 
@@ -266,7 +332,10 @@ class AudioStep(nn.Module):
     if self.activity_cue:
       c = torch.sigmoid(activity)[..., None]
       streams = streams + self.mirror.activity_cue(torch.cat([c, c * c], dim=-1))
-    masks = self._decoder(state, streams, audio, new, visible)
+    if self.bands:
+      masks = self._separator(state, re, im, streams, new, visible)
+    else:
+      masks = self._decoder(state, streams, audio, new, visible)
     out = self._overlap_add(state, re, im, masks, new)
     new["samples"] = state["samples"] + n * hop
     keep = state["speaker_mask"][:, :, None]
@@ -374,11 +443,9 @@ class AudioStep(nn.Module):
       new[f"decoder_time_kv_{i}"] = c.reshape(cache.shape)
       x = x + out.reshape(b, s, n, d)
 
-      att = layer.speaker_attn
       h = layer.ln_speaker(x).transpose(1, 2).reshape(b * n, s, d)
-      heads = [_heads(lin, h, att.num_heads) for lin in (att.query, att.key, att.value)]
       seen = mask[:, None].expand(b, n, s).reshape(b * n, s)[:, None, None, :]
-      out = att.out(_attend(*heads, seen).flatten(-2))
+      out = _attention(layer.speaker_attn, h, seen)
       x = x + out.reshape(b, n, s, d).transpose(1, 2)
 
       h = layer.ln_cross(x).reshape(b, s * n, d)
@@ -390,10 +457,32 @@ class AudioStep(nn.Module):
     x = dec.ln_out(x)
     return torch.sigmoid(getattr(dec, f"mask_{self.n_fft}")(x))
 
+  def _separator(self, state, re, im, streams, new, visible):
+    """Stepwise band separator (`step._separator`; causal: no level normalisation, no
+    positions): re, im (B, n, bins), streams (B, S, n, d) -> (B, S, n, bins) complex
+    masks as (real, imag). Band split and mask head act on each frame alone, so they
+    run as the mirror's modules."""
+    sep = self.mirror.separator
+    b, s = streams.shape[:2]
+    x = sep.band_split(torch_separator.compressed_features(re, im, sep.compress))
+    x = x[:, None]  # (B, 1, n, K, d)
+    for i, name in enumerate(sep.shared):
+      key = f"separator_shared_kv_{i}"
+      x, new[key] = _tf_block(getattr(sep, name), x, None, None, state[key], visible)
+    x = x.expand(b, s, *x.shape[2:])
+    for i, name in enumerate(sep.layers):
+      key = f"separator_kv_{i}"
+      x, new[key] = _tf_block(getattr(sep, name), x, streams, state["speaker_mask"],
+                              state[key], visible)
+    return sep.mask(x)
+
   def _overlap_add(self, state, re, im, masks, new):
-    """Masked frames -> (B, S, n * hop) finished samples (inverse causal STFT)."""
-    b, s, n, bins = masks.shape
-    spec = torch.cat([masks * re[:, None], masks * im[:, None]], dim=-1)
+    """Masks on the new frames, (B, S, n, bins) real or a complex (real, imag) pair ->
+    (B, S, n * hop) finished samples (inverse causal STFT of the estimate,
+    `tm._estimate`, as `step._overlap_add`)."""
+    est_re, est_im = tm._estimate(re, im, masks, self.phase)
+    b, s, n, bins = est_re.shape
+    spec = torch.cat([est_re, est_im], dim=-1)
     spec = spec.reshape(b * s, n, 2 * bins).transpose(1, 2)
     frames = F.conv_transpose1d(spec, self.synthesis, stride=self.hop)[:, 0]
     out = frames.reshape(b, s, -1) + F.pad(state["ola"], (0, n * self.hop))
@@ -420,7 +509,6 @@ class TorchStreamer:
   def __init__(self, config, params, step_ms: float = 20.0):
     from avsep_jax.export import convert
     from avsep_jax.stream import Streamer
-    variants.require_mask_decoder(config, "the PyTorch stream step")
     reference = Streamer(config, params, step_ms)  # validates; same numbers
     self.config = config
     self.step_samples, self.delay = reference.step_samples, reference.delay

@@ -3,9 +3,7 @@
 `audio_only` (lite without the video: the baseline that measures what the lips add),
 `smoke` (tiny, for tests), `lite_masks` (lite with the magnitude-mask decoder that the
 band separator replaced: an ablation) and `smoke_bands` (smoke with the band separator).
-`smoke` and `stream` keep the magnitude-mask decoder until the PyTorch mirror, ONNX
-export and the stream steps have the band separator. `configs/*.py` put one of these under
-`config.model`."""
+`configs/*.py` put one of these under `config.model`."""
 
 import ml_collections
 
@@ -142,13 +140,3 @@ def make_mask_decoder(c: ml_collections.ConfigDict, num_layers: int = 2,
       kind="masks", num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim,
       activity_cue=c.decoder.activity_cue))
   return c
-
-
-def require_mask_decoder(c: ml_collections.ConfigDict, path: str) -> None:
-  """Raises ValueError for a band-separator model on a path that has no port of the
-  band separator yet (the PyTorch mirror, so ONNX, and the stream step functions)."""
-  if c.decoder.get("kind", "masks") != "masks":
-    raise ValueError(
-        f"{path} has no port of the band separator (decoder.kind='bands') yet; it "
-        "serves models with the magnitude-mask decoder: the shipped weights, the "
-        "`lite_masks` variant, or any config after variants.make_mask_decoder")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from avsep_jax import model as model_lib
-from avsep_jax.export import onnx_export
 from avsep_jax.model import variants
 from avsep_jax.stream import Streamer
 from avsep_jax.stream import step as step_lib
@@ -144,18 +143,6 @@ def test_band_separator_state_has_its_caches_only():
                          jax.ShapeDtypeStruct((2, 3), bool))
   assert not [k for k in masks if k.startswith("separator")]
   assert "decoder_time_kv_0" in masks and "decoder_cross_kv_0" in masks
-
-
-def test_torch_and_onnx_streams_refuse_the_band_separator(tmp_path):
-  from avsep_jax.export import torch_stream  # pylint: disable=g-import-not-at-top
-  config, _, params = model_and_params(2, True, "smoke_bands")
-  with pytest.raises(ValueError, match="the ONNX stream export has no port of the band "
-                                       "separator"):
-    onnx_export.export_stream(config, params, tmp_path / "stream")
-  assert not (tmp_path / "stream").exists()
-  with pytest.raises(ValueError, match="the PyTorch stream step has no port of the band "
-                                       "separator"):
-    torch_stream.TorchStreamer(config, params)
 
 
 def test_misuse_gets_a_clear_error():
