@@ -121,8 +121,11 @@ def _common_frames(student, teacher):
   of either ends within a quarter hop of the other's, so the first frames pair up.
   """
   t = min(student.shape[-2], teacher.shape[-2])
-  return (student[..., :t, :].astype(jnp.float32),
-          teacher[..., :t, :].astype(jnp.float32))
+  # Complex masks (the band separator's) stay complex: a float32 cast would keep only
+  # their real parts.
+  complex_ = jnp.iscomplexobj(student) or jnp.iscomplexobj(teacher)
+  dtype = jnp.complex64 if complex_ else jnp.float32
+  return student[..., :t, :].astype(dtype), teacher[..., :t, :].astype(dtype)
 
 
 def output_loss(student, teacher, speaker_mask):
@@ -139,8 +142,8 @@ def output_loss(student, teacher, speaker_mask):
 
 
 def mask_loss(student, teacher, speaker_mask):
-  """Mean absolute difference of masks (B, S, T_s, F) and (B, S, T_t, F) over their
-  common frames, averaged over real speakers."""
+  """Mean absolute difference (the modulus, for complex masks) of masks (B, S, T_s, F)
+  and (B, S, T_t, F) over their common frames, averaged over real speakers."""
   student, teacher = _common_frames(student, teacher)
   return _speaker_mean(jnp.mean(jnp.abs(student - teacher), axis=(-2, -1)),
                        speaker_mask)

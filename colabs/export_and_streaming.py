@@ -70,8 +70,7 @@ def setting(name, default, small):
   return type(default)(value)
 
 
-SIZE = setting("SIZE", "lite_masks", "smoke")  # made causal = the `stream` variant (the
-#   export and stream paths serve the magnitude-mask decoder until they port the band separator)
+SIZE = setting("SIZE", "lite", "smoke")        # made causal = the `stream` variant
 WINDOW = setting("WINDOW", 100, 20)            # attention window, audio frames (10 ms)
 SPEAKERS = setting("SPEAKERS", 2, 2)
 SECONDS = setting("SECONDS", 4.0, 1.0)         # length of the streamed mixture

@@ -6,6 +6,7 @@ r"""Six speaker slots (2..6 real speakers per mixture), the design record's sett
   python -m avsep_jax.main --config=configs/6spk.py:audio_only # lite, no video (baseline)
   python -m avsep_jax.main --config=configs/6spk.py:lite_masks # lite, magnitude masks (ablation)
   python -m avsep_jax.main --config=configs/6spk.py:smoke      # tests
+  python -m avsep_jax.main --config=configs/6spk.py:smoke_masks # tests of the ablation
 """
 
 import ml_collections
@@ -93,7 +94,7 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
       config.best_metric = "si_snri_pit"
       config.activity_loss_weight = 0.0
       config.oracle_cue_steps = 0
-  elif variant == "smoke":
+  elif variant in ("smoke", "smoke_masks"):
     config.dataset = "synthav/tiny"
     config.segment_seconds = 1.0
     config.batch_size = 2

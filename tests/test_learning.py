@@ -17,8 +17,8 @@ from avsep_jax.model import variants
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant,causal", [("smoke", False), ("smoke", True),
-                                            ("smoke_bands", False)])
+@pytest.mark.parametrize("variant,causal", [("smoke_masks", False), ("smoke_masks", True),
+                                            ("smoke", False)])
 def test_smoke_model_overfits_one_batch(tiny_data_dir, variant, causal):
   import ml_collections  # pylint: disable=g-import-not-at-top
 
@@ -64,7 +64,7 @@ def test_oracle_cue_curriculum_hands_over_to_the_lips():
   import ml_collections  # pylint: disable=g-import-not-at-top
 
   config = ml_collections.ConfigDict(dict(
-      model=variants.model_config("smoke", num_speakers=2), oracle_cue=False,
+      model=variants.model_config("smoke_masks", num_speakers=2), oracle_cue=False,
       oracle_cue_steps=100))
   rng = np.random.default_rng(0)
   batch = {"sources": jnp.asarray(rng.normal(size=(2000, 2, 3200)), jnp.float32),

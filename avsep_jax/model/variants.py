@@ -1,15 +1,15 @@
 """Model sizes: `full` (the ADR's dimensions), `lite` (CPU training and serving),
 `stream` (lite made causal for real-time streaming: nothing looks ahead),
 `audio_only` (lite without the video: the baseline that measures what the lips add),
-`smoke` (tiny, for tests), `lite_masks` (lite with the magnitude-mask decoder that the
-band separator replaced: an ablation) and `smoke_bands` (smoke with the band separator).
-`configs/*.py` put one of these under `config.model`."""
+`smoke` (tiny, for tests), and the magnitude-mask decoder that the band separator
+replaced, kept as an ablation: `lite_masks` (lite's sizes) and `smoke_masks` (for the
+tests of that path). `configs/*.py` put one of these under `config.model`."""
 
 import ml_collections
 
 from avsep_jax import signal
 
-VARIANTS = ("full", "lite", "stream", "audio_only", "smoke", "lite_masks", "smoke_bands")
+VARIANTS = ("full", "lite", "stream", "audio_only", "smoke", "lite_masks", "smoke_masks")
 
 # (n_fft, win_length, hop_length); the first is the token scale (100 frames/s).
 STFT_SCALES = signal.SCALES
@@ -82,12 +82,11 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
                      bands=((4, 8), (8, 4), (16, 4), (32, 4)), mask_hidden=128)
     if variant == "stream":
       make_causal(c)
-      make_mask_decoder(c)  # until the stream steps and the mirror have the separator
     elif variant == "audio_only":
       make_audio_only(c)
     elif variant == "lite_masks":
       make_mask_decoder(c)
-  elif variant in ("smoke", "smoke_bands"):
+  elif variant in ("smoke", "smoke_masks"):
     c.dropout_rate = 0.0
     c.audio.update(cnn_channels=(4, 8), d_model=32, num_layers=1, num_heads=2,
                    mlp_dim=64)
@@ -97,9 +96,7 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
     c.fusion.update(align_dim=8, num_layers=1, num_heads=2, mlp_dim=64)
     c.decoder.update(d_model=16, num_heads=2, mlp_dim=32, shared_layers=1, num_layers=1,
                      bands=((32, 8),), mask_hidden=16)
-    # The serving paths' tests run `smoke`: it keeps the magnitude-mask decoder until
-    # the mirror and the stream steps have the separator (`smoke_bands` has it).
-    if variant == "smoke":
+    if variant == "smoke_masks":
       make_mask_decoder(c, num_layers=1, num_heads=2, mlp_dim=64)
   return c
 

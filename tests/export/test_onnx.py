@@ -16,9 +16,9 @@ TOL = 1e-4
 # band separator (3 slots, so one is padded in some inputs, with complex masks).
 # Each export takes 27 s of CPU: the fast tier keeps the 2-slot mask-decoder one.
 @pytest.fixture(scope="module", params=[
-    ("smoke", 2, "interpolate"),
-    pytest.param(("smoke", 6, "soft_dtw"), marks=pytest.mark.slow),
-    pytest.param(("smoke_bands", 3, "interpolate"), marks=pytest.mark.slow)],
+    ("smoke_masks", 2, "interpolate"),
+    pytest.param(("smoke_masks", 6, "soft_dtw"), marks=pytest.mark.slow),
+    pytest.param(("smoke", 3, "interpolate"), marks=pytest.mark.slow)],
     ids=lambda p: "_".join(map(str, p)))
 def exported(request, tmp_path_factory):
   variant, num_speakers, method = request.param
@@ -74,7 +74,7 @@ def test_int8_runs_close_to_float(exported, tmp_path):
   i8 = onnx_export.OnnxSeparator(q)(mixture, video, mask)
   assert np.all(np.isfinite(i8)) and np.all(i8[~mask] == 0)
   # Random weights, u8 INT8 weights (exact on every x86-64 path): measured 65.8 dB
-  # (smoke) and 55.0 dB (smoke_bands) against the f32 export.
+  # (smoke_masks) and 55.0 dB (smoke) against the f32 export.
   snr = 10 * np.log10(np.sum(f32 ** 2) / np.sum((i8 - f32) ** 2))
   assert snr > 40, snr
   ops = [n.op_type for n in onnx.load(str(q)).graph.node]

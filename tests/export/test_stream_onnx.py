@@ -35,10 +35,10 @@ FRAMES = 25
 BANDS_X2 = dict(bands=((16, 4), (32, 2), (64, 2)), shared_layers=2, num_layers=2)
 
 
-def stream_config(num_speakers, activity_cue, size="smoke"):
-  """`size`: 'smoke' (the mask decoder), 'smoke_bands' (the band separator) or
-  'bands_x2' (smoke_bands with BANDS_X2)."""
-  variant = "smoke" if size == "smoke" else "smoke_bands"
+def stream_config(num_speakers, activity_cue, size="smoke_masks"):
+  """`size`: 'smoke_masks' (the mask decoder), 'smoke' (the band separator) or
+  'bands_x2' (smoke with BANDS_X2)."""
+  variant = "smoke_masks" if size == "smoke_masks" else "smoke"
   config = variants.make_causal(variants.model_config(variant, num_speakers), window=20)
   config.decoder.activity_cue = activity_cue
   if size == "bands_x2":
@@ -47,14 +47,14 @@ def stream_config(num_speakers, activity_cue, size="smoke"):
 
 
 @functools.lru_cache(maxsize=None)
-def model_and_params(num_speakers, activity_cue, size="smoke"):
+def model_and_params(num_speakers, activity_cue, size="smoke_masks"):
   """Config, Flax module and random Flax params: for the mask decoder drawn on the
   torch mirror and converted (no JAX init to compile); for the band separator Flax's
   init with the mask head's output kernel scaled up x100 (it starts near 1/2 + 0i
   everywhere, which would hide errors in the tokens; as the mirror's tests)."""
   import torch
   config = stream_config(num_speakers, activity_cue, size)
-  if size != "smoke":
+  if size != "smoke_masks":
     net = model_lib.AVSeparator(config)
     mixture, video, mask = inputs(num_speakers, ())
     params = nn.unbox(jax.jit(net.init)(jax.random.key(num_speakers), mixture[:, :3_200],
@@ -72,7 +72,7 @@ def model_and_params(num_speakers, activity_cue, size="smoke"):
 
 
 @functools.lru_cache(maxsize=None)
-def jax_stream(num_speakers, activity_cue, step_ms, absent, seed, size="smoke"):
+def jax_stream(num_speakers, activity_cue, step_ms, absent, seed, size="smoke_masks"):
   """The JAX step engine's output on `inputs(num_speakers, absent, seed)`."""
   config, _, params = model_and_params(num_speakers, activity_cue, size)
   return Streamer(config, params, step_ms=step_ms).run(*inputs(num_speakers, absent, seed))
@@ -88,7 +88,7 @@ def inputs(num_speakers, absent, seed=0):
 
 
 @functools.lru_cache(maxsize=None)
-def exported(num_speakers, activity_cue, step_ms, quantize=None, size="smoke",
+def exported(num_speakers, activity_cue, step_ms, quantize=None, size="smoke_masks",
              directory=None):
   config, _, params = model_and_params(num_speakers, activity_cue, size)
   calibration = None
@@ -128,7 +128,7 @@ def check_state_equal(got, want, names, context):
 
 
 def check_streams_equal_the_jax_stream(export_dir, num_speakers, absent, activity_cue,
-                                       step_ms, size="smoke", offline=False):
+                                       step_ms, size="smoke_masks", offline=False):
   """ONNX and torch streams of a recording equal the JAX stream; after 0.5 s the ONNX
   state equals the JAX state, and one more step from that same state gives the same
   output and state out in JAX, torch and ONNX; with `offline`, the JAX stream equals
@@ -204,7 +204,7 @@ def test_onnx_and_torch_streams_equal_the_jax_stream(export_dir, num_speakers, a
 # slots with one absent in two-hop steps, and every block kind twice (BANDS_X2).
 @pytest.mark.slow
 @pytest.mark.parametrize("num_speakers,absent,step_ms,size", [
-    (2, (1,), 10, "smoke_bands"), (3, (0,), 20, "smoke_bands"), (3, (1,), 20, "bands_x2")])
+    (2, (1,), 10, "smoke"), (3, (0,), 20, "smoke"), (3, (1,), 20, "bands_x2")])
 def test_band_separator_onnx_and_torch_streams_equal_the_jax_stream(
     export_dir, num_speakers, absent, step_ms, size):
   want, got = check_streams_equal_the_jax_stream(export_dir, num_speakers, absent, True,
@@ -224,8 +224,8 @@ def test_band_separator_int8_stream_stays_close(export_dir):
   # which the x100 sets ten times a fan-in init's: x10 gave 45.8 dB, the mirror's
   # 0.2 * randn draw 55.9 dB (as the offline bands export's 55.0); the mask decoder's
   # stream above, 62.4 dB.
-  want = jax_stream(3, True, 20, (0,), 3, "smoke_bands")
-  path = export_dir(3, True, 20, "dynamic", "smoke_bands")
+  want = jax_stream(3, True, 20, (0,), 3, "smoke")
+  path = export_dir(3, True, 20, "dynamic", "smoke")
   streamer = OnnxStreamer(path)
   assert streamer.quantize == "dynamic"
   got = streamer.run(*inputs(3, (0,), seed=3))
@@ -352,7 +352,7 @@ def test_misuse_gets_a_clear_error(export_dir, tmp_path):
 
   # Models and options the export refuses.
   with pytest.raises(ValueError, match="needs a causal model"):
-    onnx_export.export_stream(variants.model_config("smoke", 2), params, tmp_path / "x")
+    onnx_export.export_stream(variants.model_config("smoke_masks", 2), params, tmp_path / "x")
   with pytest.raises(ValueError, match="whole number of 10 ms hops"):
     onnx_export.export_stream(config, params, tmp_path / "x", step_ms=15)
   with pytest.raises(ValueError, match="needs calibration"):

@@ -71,9 +71,9 @@ def _compare(cfg, mixture, video, mask, seed=0):
 
 
 def _band_config(num_speakers, causal=False):
-  """smoke_bands with two shared and two slot blocks and three band widths (16, 32 and
+  """smoke with two shared and two slot blocks and three band widths (16, 32 and
   65 bins: the last band takes the Nyquist bin), so every block kind runs twice."""
-  cfg = model_config("smoke_bands", num_speakers)
+  cfg = model_config("smoke", num_speakers)
   if causal:
     variants.make_causal(cfg, window=20)
   cfg.decoder.update(bands=((16, 4), (32, 2), (64, 2)), shared_layers=2, num_layers=2)
@@ -86,7 +86,7 @@ def _band_config(num_speakers, causal=False):
     (6, [[True, True, False, True, False, False], [True] * 6], "soft_dtw"),
 ])
 def test_mirror_matches_jax(num_speakers, mask, method):
-  cfg = model_config("smoke", num_speakers)
+  cfg = model_config("smoke_masks", num_speakers)
   cfg.fusion.alignment = method
   mixture, video, mask = _inputs(cfg, 2, 6_400, mask)
   _compare(cfg, mixture, video, mask)
@@ -94,16 +94,16 @@ def test_mirror_matches_jax(num_speakers, mask, method):
 
 @pytest.mark.slow  # 20 s
 def test_mirror_matches_jax_soft_dtw_odd_length():
-  cfg = model_config("smoke", 2)   # soft-DTW alignment, the default
+  cfg = model_config("smoke_masks", 2)   # soft-DTW alignment, the default
   mixture, video, mask = _inputs(cfg, 1, 3_250, [[True, False]], seed=1)
   _compare(cfg, mixture, video, mask, seed=1)
 
 
 @pytest.mark.slow  # 8-33 s each
 @pytest.mark.parametrize("num_speakers,mask,phase,causal,size", [
-    (2, [[True, True], [True, False]], "complex", False, "smoke_bands"),
+    (2, [[True, True], [True, False]], "complex", False, "smoke"),
     (3, [[True, False, True], [True, True, True]], "mixture", False, "bands_x2"),
-    (2, [[False, True], [True, True]], "griffin_lim", False, "smoke_bands"),
+    (2, [[False, True], [True, True]], "griffin_lim", False, "smoke"),
     (3, [[True, True, False], [True, True, True]], "complex", True, "bands_x2"),
     (2, [[True, True], [True, False]], "complex", False, "audio_only"),
 ])
@@ -114,7 +114,7 @@ def test_mirror_matches_jax_bands(num_speakers, mask, phase, causal, size):
   if size == "bands_x2":
     cfg = _band_config(num_speakers, causal)
   else:
-    cfg = model_config("smoke_bands", num_speakers)
+    cfg = model_config("smoke", num_speakers)
     if causal:
       variants.make_causal(cfg, window=20)
   if size == "audio_only":
@@ -200,7 +200,7 @@ def test_soft_dtw_backward_is_the_gradient():
 
 @pytest.mark.slow
 def test_mirror_matches_jax_griffin_lim_window():
-  cfg = model_config("smoke", 2)
+  cfg = model_config("smoke_masks", 2)
   cfg.fusion.alignment = "interpolate"
   cfg.phase = "griffin_lim"
   cfg.griffin_lim_iters = 3
@@ -218,7 +218,7 @@ def test_mirror_matches_jax_causal(num_speakers, mask, num_samples, activity_cue
   # The streaming model: causal STFT framing, CNN and stem padding, 'hold' alignment,
   # no positions, a left-only window shorter than the input; an odd length reaches
   # the causal iSTFT's zero tail.
-  cfg = variants.make_causal(model_config("smoke", num_speakers), window=20)
+  cfg = variants.make_causal(model_config("smoke_masks", num_speakers), window=20)
   cfg.decoder.activity_cue = activity_cue
   mixture, video, mask = _inputs(cfg, 2, num_samples, mask, seed=4)
   _compare(cfg, mixture, video, mask, seed=4)
@@ -242,7 +242,7 @@ def test_stft_istft_match_signal(scale, causal):
 
 @pytest.mark.slow  # 13 s
 def test_safetensors_round_trip_and_wrong_config(tmp_path):
-  cfg = model_config("smoke", 2)
+  cfg = model_config("smoke_masks", 2)
   cfg.fusion.alignment = "interpolate"
   mixture, video, mask = _inputs(cfg, 1, 3_200, [[True, True]])
   model = AVSeparator(cfg)
@@ -262,17 +262,17 @@ def test_safetensors_round_trip_and_wrong_config(tmp_path):
   for k, v in flat_orig.items():
     np.testing.assert_array_equal(flat_back[k], v, err_msg=str(k))
 
-  other = model_config("smoke", 6)
+  other = model_config("smoke_masks", 6)
   with pytest.raises(convert.ParamsMismatchError, match="num_speakers"):
     convert.load_safetensors(path, expected_config=other)
   lite = model_config("lite_masks", 2)
   lite.fusion.alignment = "interpolate"
   with pytest.raises(convert.ParamsMismatchError, match="do not fit"):
     convert.build_mirror(lite, variables["params"])
-  soft = model_config("smoke", 2)   # soft_dtw has aligner projections the params lack
+  soft = model_config("smoke_masks", 2)   # soft_dtw has aligner projections the params lack
   with pytest.raises(convert.ParamsMismatchError, match="aligner"):
     convert.build_mirror(soft, variables["params"])
-  bands_cfg = model_config("smoke_bands", 2)
+  bands_cfg = model_config("smoke", 2)
   bands_cfg.fusion.alignment = "interpolate"
   with pytest.raises(convert.ParamsMismatchError, match="separator/band_split"):
     convert.build_mirror(bands_cfg, variables["params"])
@@ -286,7 +286,7 @@ def test_safetensors_round_trip_and_wrong_config(tmp_path):
 @pytest.mark.slow  # 14 s
 def test_safetensors_round_trip_bands(tmp_path):
   # The per-band weights are parameters of the band modules, mapped by their Flax names.
-  cfg = model_config("smoke_bands", 2)
+  cfg = model_config("smoke", 2)
   cfg.fusion.alignment = "interpolate"
   mixture, video, mask = _inputs(cfg, 1, 3_200, [[True, False]])
   variables = _init(cfg, mixture, video, mask, seed=0)

@@ -57,11 +57,13 @@ def test_output_shapes_for_each_speaker_count(speakers):
   assert np.isfinite(np.asarray(out)).all()
   t_audio = 1 + SAMPLES // 160
   assert aux["alignment"].shape == (2, speakers, t_audio, FRAMES)
-  assert aux["scale_waveforms"].shape == (2, 3, speakers, SAMPLES)
+  scales = smoke().config.stft_scales  # the band separator's: the main scale alone
+  assert aux["scale_waveforms"].shape == (2, len(scales), speakers, SAMPLES)
   assert aux["activity_logits"].shape == (2, speakers, FRAMES)
-  for n_fft, _, hop in model_lib.variants.STFT_SCALES:
-    assert aux["masks"][str(n_fft)].shape == (2, speakers, 1 + SAMPLES // hop,
-                                              n_fft // 2 + 1)
+  for n_fft, _, hop in scales:
+    mask = aux["masks"][str(n_fft)]
+    assert mask.shape == (2, speakers, 1 + SAMPLES // hop, n_fft // 2 + 1)
+    assert mask.dtype == jnp.complex64
 
 
 def test_padded_slot_does_not_change_other_speakers():
@@ -122,7 +124,7 @@ def test_jit_grad_of_loss_is_finite_and_reaches_every_component():
   grads = jax.jit(jax.grad(loss_fn))(smoke_params())["params"]
   leaves = jax.tree.leaves(grads)
   assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
-  for part in ("audio_encoder", "visual_encoder", "fusion", "decoder"):
+  for part in ("audio_encoder", "visual_encoder", "fusion", "separator"):
     norm = sum(float(jnp.sum(g.astype(jnp.float32) ** 2))
                for g in jax.tree.leaves(grads[part]))
     assert norm > 0, part

@@ -57,8 +57,8 @@ def test_oracle_complex_mask_reaches_the_source_and_the_magnitude_mask_is_capped
 
 @functools.lru_cache(maxsize=None)
 def model(**overrides):
-  """`smoke_bands` with 2 slots (and `make_causal`'s window when causal=W)."""
-  config = model_lib.model_config("smoke_bands", num_speakers=2)
+  """`smoke` with 2 slots (and `make_causal`'s window when causal=W)."""
+  config = model_lib.model_config("smoke", num_speakers=2)
   overrides = dict(overrides)
   if "causal" in overrides:
     model_lib.variants.make_causal(config, window=overrides.pop("causal"))
@@ -83,7 +83,7 @@ def test_model_output_is_its_masks_through_the_output_path():
   np.testing.assert_allclose(np.asarray(out), want, atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", ["full", "lite", "smoke_bands"])
+@pytest.mark.parametrize("variant", ["full", "lite", "smoke"])
 def test_band_layouts_tile_the_spectrum_low_bands_finest(variant):
   layout = model_lib.model_config(variant).decoder.bands
   edges = bands.band_edges(257, layout)
@@ -152,9 +152,9 @@ def test_options_run(overrides):
 def test_weights_of_the_mask_decoder_are_refused_by_a_band_config():
   from avsep_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from avsep_jax import loading  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict({"model": model_lib.model_config("smoke", 2)})
+  config = ml_collections.ConfigDict({"model": model_lib.model_config("smoke_masks", 2)})
   old = loading.abstract_params(config)
-  config.model = model_lib.model_config("smoke_bands", 2)
+  config.model = model_lib.model_config("smoke", 2)
   mismatch = checkpoints.params_mismatch(old, loading.abstract_params(config))
   assert mismatch == ("the checkpoint has modules ['decoder'] where the config has "
                       "['separator']: another architecture; load it with the config it "

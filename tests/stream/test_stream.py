@@ -17,7 +17,7 @@ SAMPLES = 16_000   # 1 s: longer than the test window, so caches roll over
 FRAMES = 25
 
 
-def stream_config(num_speakers, activity_cue=False, variant="smoke", **decoder):
+def stream_config(num_speakers, activity_cue=False, variant="smoke_masks", **decoder):
   """Smoke-sized streaming model with a short window (20 audio frames, 5 video);
   `decoder` overrides `config.decoder` keys."""
   config = variants.make_causal(variants.model_config(variant, num_speakers), window=20)
@@ -26,12 +26,12 @@ def stream_config(num_speakers, activity_cue=False, variant="smoke", **decoder):
 
 
 @functools.lru_cache(maxsize=None)
-def model_and_params(num_speakers, activity_cue=False, variant="smoke", **decoder):
+def model_and_params(num_speakers, activity_cue=False, variant="smoke_masks", **decoder):
   config = stream_config(num_speakers, activity_cue, variant, **decoder)
   net = model_lib.AVSeparator(config)
   mixture, video, mask = inputs(1, num_speakers)
   params = nn.unbox(jax.jit(net.init)(jax.random.key(3), mixture, video, mask))["params"]
-  if variant == "smoke_bands":
+  if variant == "smoke":
     # The mask head starts near 1/2 everywhere (its output kernel is scaled by 0.01);
     # scaled back up, its masks depend on the tokens as a trained model's do.
     head = params["separator"]["mask"]
@@ -115,7 +115,7 @@ def check_stream_equals_offline(model, absent, step_ms):
   np.testing.assert_array_equal(out[1, list(absent)], 0.0)
 
 
-# The band separator (`smoke_bands`, with the activity cue): the fast tier keeps 2 slots
+# The band separator (`smoke`, with the activity cue): the fast tier keeps 2 slots
 # with an absent one and one-hop steps; 3 slots step by two hops; the last case has
 # bands of three widths, two shared and two slot blocks.
 @pytest.mark.parametrize("num_speakers,absent,step_ms,decoder", [
@@ -126,11 +126,11 @@ def check_stream_equals_offline(model, absent, step_ms):
 def test_band_separator_stream_equals_offline_shifted_by_the_delay(
     num_speakers, absent, step_ms, decoder):
   check_stream_equals_offline(
-      model_and_params(num_speakers, True, "smoke_bands", **decoder), absent, step_ms)
+      model_and_params(num_speakers, True, "smoke", **decoder), absent, step_ms)
 
 
 def test_band_separator_state_has_its_caches_only():
-  config = stream_config(3, variant="smoke_bands",
+  config = stream_config(3, variant="smoke",
                          bands=((4, 4), (8, 4), (16, 2)), shared_layers=2, num_layers=3)
   state = jax.eval_shape(functools.partial(step_lib.init_state, config),
                          jax.ShapeDtypeStruct((2, 3), bool))
@@ -168,4 +168,4 @@ def test_misuse_gets_a_clear_error():
   with pytest.raises(ValueError, match="whole number of 10 ms hops"):
     Streamer(config, params, step_ms=15)
   with pytest.raises(ValueError, match="needs a causal model"):
-    Streamer(variants.model_config("smoke", 2), params)
+    Streamer(variants.model_config("smoke_masks", 2), params)
