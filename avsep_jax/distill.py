@@ -377,5 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   def train_step(state, batch):
     return distill_step(state, teacher.params, batch)
 
-  return train.fit(config, workdir, data_dir, batch_sharding, state, abstract,
-                   train_step, predict)
+  return train.fit(config, workdir, batch_sharding, state, abstract, train_step,
+                   train.train_input(config, data_dir, batch_sharding),
+                   train.separation_validator(config, workdir, data_dir, batch_sharding,
+                                              predict))

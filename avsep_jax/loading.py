@@ -168,6 +168,17 @@ def load_model(checkpoint, which="best", config_arg=None):
   config, config_source = load_config(workdir, config_arg)
   # Runs from before `best_metric` existed ranked their steps by SI-SNRi.
   step, which = _choose_step(ckpt_dir, which, config.get("best_metric", "si_snri"))
+  key, params = _restore_params(ckpt_dir, step, abstract_params(config),
+                                f"the config from {config_source}")
+  return LoadedModel(config=config, params=params, step=step, which=which,
+                     params_key=key, checkpoint_dir=ckpt_dir,
+                     config_source=config_source)
+
+
+def _restore_params(ckpt_dir, step, wanted, what, module=None):
+  """(key, numpy params) of one step: its EMA params when it has them, else its params;
+  only `module`'s subtree when given. Checks the saved shapes against `wanted`
+  (ShapeDtypeStructs) first, naming `what` they should fit."""
   path = os.path.join(ckpt_dir, str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
   try:
@@ -178,24 +189,59 @@ def load_model(checkpoint, which="best", config_arg=None):
   key = "ema_params" if saved.get("ema_params") else "params"
   if not saved.get(key):
     raise CheckpointError(f"checkpoint step {step} in {ckpt_dir} holds no params")
-  wanted = abstract_params(config)
-  mismatch = checkpoints.params_mismatch(saved[key], wanted)
+  saved = saved[key]
+  if module is not None:
+    if module not in saved:
+      raise CheckpointError(f"checkpoint step {step} in {ckpt_dir} has no {module!r} "
+                            f"(its modules: {sorted(saved)})")
+    saved = saved[module]
+  mismatch = checkpoints.params_mismatch(saved, wanted)
   if mismatch:
     raise CheckpointError(
-        f"checkpoint step {step} in {ckpt_dir} does not fit the config from "
-        f"{config_source}: {mismatch}")
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+        f"checkpoint step {step} in {ckpt_dir} does not fit {what}: {mismatch}")
+  item = wanted if module is None else {module: wanted}
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
   try:
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        item={key: wanted}, restore_args={key: as_numpy}, partial_restore=True))
+        item={key: item}, restore_args={key: as_numpy}, partial_restore=True))
   except Exception as e:  # orbax raises many types for damaged steps
     raise CheckpointError(f"checkpoint step {step} in {ckpt_dir} cannot be read "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-  params = jax.tree.map(
-      lambda a, w: np.asarray(a, dtype=w.dtype), restored[key], wanted)
-  return LoadedModel(config=config, params=params, step=step, which=which,
-                     params_key=key, checkpoint_dir=ckpt_dir,
-                     config_source=config_source)
+  restored = restored[key] if module is None else restored[key][module]
+  return key, jax.tree.map(lambda a, w: np.asarray(a, dtype=w.dtype), restored, wanted)
+
+
+def load_visual_encoder(path, wanted, which="best"):
+  """A trained visual encoder for a separator to start from (`config.visual_init`).
+
+  Args:
+    path: a lip-reading workdir (`configs/lipread.py`), or any separator's workdir or
+      weights file: all of them hold a `visual_encoder`.
+    wanted: the receiving model's `visual_encoder` params, as ShapeDtypeStructs.
+    which: 'best' (by the run's own validation metric) or 'latest'.
+
+  Returns:
+    (numpy params, a description of where they came from).
+
+  Raises:
+    CheckpointError: nothing readable at `path`, no visual encoder in it, or one of
+      other shapes (naming the first parameter that differs).
+  """
+  if os.path.isfile(path):
+    loaded = load_shipped(path)
+    if "visual_encoder" not in loaded.params:
+      raise CheckpointError(f"{path} has no visual encoder (an audio-only model)")
+    mismatch = checkpoints.params_mismatch(loaded.params["visual_encoder"], wanted)
+    if mismatch:
+      raise CheckpointError(f"the visual encoder in {path} does not fit this model's: "
+                            f"{mismatch}")
+    return loaded.params["visual_encoder"], f"{path} (step {loaded.step})"
+  workdir, ckpt_dir = checkpoint_paths(path)
+  config, _ = load_config(workdir)
+  step, which = _choose_step(ckpt_dir, which, config.get("best_metric", "si_snri"))
+  _, params = _restore_params(ckpt_dir, step, wanted, "this model's visual encoder",
+                              module="visual_encoder")
+  return params, f"{ckpt_dir} step {step} ({which})"
 
 
 def make_separate_fn(loaded):

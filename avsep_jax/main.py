@@ -3,8 +3,10 @@ r"""Trains and evaluates an audio-visual separator.
   python -m avsep_jax.main --config=configs/6spk.py[:lite] [--workdir=DIR] \
       [--config.key=value ...] [--mode=train|evaluate]
 
-The config's `trainer` key picks how --mode=train trains: plainly (the default), or
-`distill` from a trained teacher (configs/distill.py, avsep_jax/distill.py).
+The config's `trainer` key picks how --mode=train trains: plainly (the default),
+`distill` from a trained teacher (configs/distill.py, avsep_jax/distill.py), or
+`lipread`: lip-reading pretraining of the visual encoder (configs/lipread.py,
+avsep_jax/lipread.py); and how --mode=evaluate scores a checkpoint.
 
 Several processes (one per host, or per GPU): add --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I, or let a launcher set them (JAX_* or SLURM variables;
@@ -26,10 +28,16 @@ from ml_collections import config_flags
 
 from avsep_jax import distill
 from avsep_jax import distributed
+from avsep_jax import lipread
 from avsep_jax import train
 
 # `config.trainer` picks the training loop (plain training when the key is absent).
-TRAINERS = {"train": train.train_and_evaluate, "distill": distill.train_and_evaluate}
+TRAINERS = {"train": train.train_and_evaluate, "distill": distill.train_and_evaluate,
+            "lipread": lipread.train_and_evaluate}
+# How --mode=evaluate scores a checkpoint of each trainer (a distilled student is a
+# separator like any other).
+EVALUATORS = {"train": train.evaluate_checkpoint, "distill": train.evaluate_checkpoint,
+              "lipread": lipread.evaluate_checkpoint}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None,
@@ -98,16 +106,16 @@ def main(argv):
     print(f"backend: {jax.default_backend()}, {jax.device_count()} devices "
           f"({jax.devices()[0].device_kind}), {jax.process_count()} processes")
     logging.get_absl_handler().use_absl_log_file("log", workdir)
+    trainer = config.get("trainer", "train")
+    if trainer not in TRAINERS:
+      raise ValueError(f"config.trainer must be one of {sorted(TRAINERS)}, "
+                       f"got {trainer!r}")
     if _MODE.value == "train":
       if jax.process_index() == 0:
         save_config(config, workdir)
-      trainer = config.get("trainer", "train")
-      if trainer not in TRAINERS:
-        raise ValueError(f"config.trainer must be one of {sorted(TRAINERS)}, "
-                         f"got {trainer!r}")
       TRAINERS[trainer](config, workdir)
     else:
-      train.evaluate_checkpoint(config, workdir, which=_CHECKPOINT.value)
+      EVALUATORS[trainer](config, workdir, which=_CHECKPOINT.value)
   except (ValueError, FileNotFoundError, PermissionError,
           train.NonFiniteLossError) as e:
     # One line naming the problem; the traceback is in the workdir's log.

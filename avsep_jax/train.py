@@ -23,6 +23,7 @@ import tqdm
 
 from avsep_jax import checkpoints
 from avsep_jax import evaluation
+from avsep_jax import loading
 from avsep_jax import parallel
 from avsep_jax import signal
 from avsep_jax import summaries
@@ -91,12 +92,59 @@ def compact_slots(batch):
 
 
 def make_optimizer(config):
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, config.warmup_steps,
-      max(config.total_steps, config.warmup_steps + 1))
-  return optax.chain(
-      optax.clip_by_global_norm(config.grad_clip_norm),
-      optax.adamw(schedule, weight_decay=config.weight_decay)), schedule
+  """(AdamW after global-norm clipping, the learning-rate schedule).
+
+  With `config.visual_init` the visual encoder keeps its own rate: frozen when
+  `config.visual_learning_rate` is 0 (its updates are zero, and `frozen_visual` stops
+  its gradient, so no backward pass runs through it), else that peak rate on the same
+  warmup and cosine.
+  """
+  def schedule_to(peak):
+    return optax.warmup_cosine_decay_schedule(
+        0.0, peak, config.warmup_steps, max(config.total_steps, config.warmup_steps + 1))
+
+  schedule = schedule_to(config.learning_rate)
+  adamw = optax.adamw(schedule, weight_decay=config.weight_decay)
+  if config.get("visual_init"):
+    visual_rate = config.get("visual_learning_rate", 0.0)
+    visual = (optax.adamw(schedule_to(visual_rate), weight_decay=config.weight_decay)
+              if visual_rate else optax.set_to_zero())
+    adamw = optax.multi_transform(
+        {"rest": adamw, "visual": visual},
+        lambda params: {k: "visual" if k == "visual_encoder" else "rest" for k in params})
+  return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw), schedule
+
+
+def frozen_visual(config, params):
+  """`params` with the visual encoder's gradient stopped when it is pretrained and
+  frozen (`config.visual_init` with `visual_learning_rate` 0): XLA then drops the
+  encoder's backward pass, about a third of `lite`'s step."""
+  if not config.get("visual_init") or config.get("visual_learning_rate", 0.0):
+    return params
+  return params | {"visual_encoder": jax.lax.stop_gradient(params["visual_encoder"])}
+
+
+def load_visual_init(config, state, shardings):
+  """`state` with its visual encoder (params and EMA) from `config.visual_init`, or
+  `state` itself when that is unset. The optimizer's moments start at zero either way."""
+  path = config.get("visual_init")
+  if not path:
+    return state
+  if "visual_encoder" not in state.params:
+    raise ValueError("visual_init needs a model with a visual encoder "
+                     "(audio_only has none)")
+  wanted = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        state.params["visual_encoder"])
+  params, source = loading.load_visual_encoder(os.path.expanduser(path), wanted)
+  params = jax.device_put(params, shardings.params["visual_encoder"])
+  rate = config.get("visual_learning_rate", 0.0)
+  if jax.process_index() == 0:
+    print(f"visual encoder from {source}, "
+          + (f"fine-tuned at peak rate {rate:g}" if rate else "frozen"))
+  state = state.replace(params=state.params | {"visual_encoder": params})
+  if config.ema_decay:
+    state = state.replace(ema_params=state.ema_params | {"visual_encoder": params})
+  return state
 
 
 def separation_loss(config, out, aux, batch):
@@ -130,11 +178,12 @@ def train_iterator(config, data_dir):
   """This process's training batches from the first (a grain iterator: checkpoints
   hold its position)."""
   same = config.batch_size if config.get("compact_slots") else None
-  return iter(pipeline.make_dataset(
+  ds = pipeline.make_dataset(
       config.dataset, "train", data_dir, mix_config(config, same_count_per=same),
       batch_size=config.batch_size // jax.process_count(), seed=config.seed,
       augment_video=config.get("augment_video", True),
-      shard_index=jax.process_index(), shard_count=jax.process_count()))
+      shard_index=jax.process_index(), shard_count=jax.process_count())
+  return iter(ds.map(compact_slots) if same else ds)
 
 
 def train_input(config, data_dir, batch_sharding):
@@ -257,6 +306,7 @@ def make_train_step(config, model, optimizer, schedule, shardings, batch_shardin
     cue, share = curriculum_cue(config, batch, state.step, cue_rng)
 
     def loss_fn(params):
+      params = frozen_visual(config, params)
       out, aux = model.apply({"params": params}, batch["mixture"], batch["video"],
                              batch["speaker_mask"], train=True, rngs={"dropout": rng},
                              activity_cue=cue, oracle_share=share)
@@ -353,6 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   # ---------------------------------------------------------------------- Shard
   state, abstract, shardings = create_train_state(config, model, optimizer, mesh, rules)
+  state = load_visual_init(config, state, shardings)
   if jax.process_index() == 0:
     print(f"params: {parallel.nbytes(state.params) / 1e6:.3f} MB, "
           f"{parallel.nbytes_on(state.params, jax.devices()[0]) / 1e6:.3f} MB on "
@@ -363,36 +414,76 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                                batch_sharding)
   predict = make_predict(config, model, shardings.params, batch_sharding)
 
-  return fit(config, workdir, data_dir, batch_sharding, state, abstract, train_step,
-             predict)
+  return fit(config, workdir, batch_sharding, state, abstract, train_step,
+             train_input(config, data_dir, batch_sharding),
+             separation_validator(config, workdir, data_dir, batch_sharding, predict))
 
 
-def fit(config, workdir, data_dir, batch_sharding, state, abstract, train_step, predict):
+def separation_validator(config, workdir, data_dir, batch_sharding, predict):
+  """`fit`'s validation for separators: SI-SNRi and friends on the same
+  `config.eval_examples` validation mixtures every time, written as
+  eval/validation_<step>.json, TensorBoard scalars and audio examples.
+
+  Args:
+    predict: (params, global batch) -> (waveforms (B, S, T), main-scale masks).
+
+  Returns:
+    validate(params, step, writer) -> (a line to print, {metric: value} stored with
+    the checkpoint); `writer` is None on every process but the first.
+  """
+
+  def validate(params, step, writer):
+    records = []
+    first = None
+    for batch in validation_batches(config, data_dir):
+      out, masks = predict(params, parallel.global_batch(batch, batch_sharding))
+      out, masks = parallel.local_rows(out), parallel.local_rows(masks)
+      records += evaluation.score_batch(out, batch["sources"], batch["mixture"],
+                                        batch["speaker_mask"],
+                                        pesq_stoi=config.eval_pesq_stoi)
+      if first is None:
+        first = (batch, out, masks)
+    summary = evaluation.summarize(evaluation.gather(records))
+    if writer:
+      evaluation.write_json(os.path.join(workdir, "eval", f"validation_{step}.json"),
+                            summary, step=step, split="validation")
+      writer.scalars(step, {f"eval/{k}": v["mean"] for k, v in summary["all"].items()})
+      writer.examples(step, *first, sample_rate=config.model.sample_rate)
+    scores = summary["all"]
+    line = (f"validation SI-SNRi {scores['si_snri']['mean']:.2f} dB "
+            f"({scores['si_snri_pit']['mean']:.2f} under the best assignment)")
+    return line, {k: scores[k]["mean"] for k in ("si_snri", "si_snri_pit")}
+
+  return validate
+
+
+def fit(config, workdir, batch_sharding, state, abstract, train_step, make_train_iter,
+        validate):
   """Checkpoint, Evals, Loop: every trainer's loop once its state and step exist.
 
   Resumes from the workdir's newest readable step, runs `train_step` up to
   `config.total_steps`, validates every `eval_every_steps`, checkpoints state and data
   iterator every `checkpoint_every_steps`, and on SIGTERM saves the current step and
-  returns. Training batches come from `train_input` (`config.input`); validation
-  always reads the same fixed mixtures through grain.
+  returns.
 
   Args:
-    config: the run's config (`total_steps`, `eval_every_steps`, ... and the data).
+    config: the run's config (`total_steps`, `eval_every_steps`, `best_metric`, ...).
     workdir: checkpoints/, tensorboard/ and eval/ go here.
-    data_dir: TFDS data dir holding `config.dataset`.
     batch_sharding: NamedSharding of a global batch.
     state: the initial state, sharded: a `TrainState` (or a dataclass extending it).
     abstract: its restore target (ShapeDtypeStructs with shardings).
     train_step: (state, global batch) -> (state, {name: scalar}) with at least
       "loss" and "bad_steps".
-    predict: (params, global batch) -> (waveforms (B, S, T), main-scale masks).
+    make_train_iter: () -> a fresh training iterator at the first batch (for
+      separators, `train_input`); its state is checkpointed when it has one.
+    validate: (params, step, writer) -> (line, {metric: value}), as
+      `separation_validator` returns; `config.best_metric` is one of the metrics.
 
   Returns:
     The last state.
   """
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
-  make_train_iter = train_input(config, data_dir, batch_sharding)
 
   # ----------------------------------------------------------------- Checkpoint
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -409,29 +500,7 @@ def fit(config, workdir, data_dir, batch_sharding, state, abstract, train_step, 
   # ---------------------------------------------------------------------- Evals
   writer = summaries.Writer(workdir) if is_main else None
 
-  def evaluate(step):
-    params = state.ema_params if config.ema_decay else state.params
-    records = []
-    first = None
-    for batch in validation_batches(config, data_dir):
-      out, masks = predict(params, parallel.global_batch(batch, batch_sharding))
-      out, masks = parallel.local_rows(out), parallel.local_rows(masks)
-      records += evaluation.score_batch(out, batch["sources"], batch["mixture"],
-                                        batch["speaker_mask"],
-                                        pesq_stoi=config.eval_pesq_stoi)
-      if first is None:
-        first = (batch, out, masks)
-    summary = evaluation.summarize(evaluation.gather(records))
-    if is_main:
-      evaluation.write_json(os.path.join(workdir, "eval", f"validation_{step}.json"),
-                            summary, step=step, split="validation")
-      writer.scalars(step, {f"eval/{k}": v["mean"] for k, v in summary["all"].items()})
-      writer.examples(step, *first, sample_rate=config.model.sample_rate)
-    return summary
-
   # ----------------------------------------------------------------------- Loop
-  # Host batches only: on-device input mixes every slot's count inside jit.
-  compact = config.get("compact_slots") and config.get("input", "grain") == "grain"
   stop = {"sigterm": False}
   previous = os_signal.signal(os_signal.SIGTERM, lambda *_: stop.update(sigterm=True))
   step = start
@@ -441,8 +510,6 @@ def fit(config, workdir, data_dir, batch_sharding, state, abstract, train_step, 
     tick, tick_step = time.perf_counter(), step
     while step < config.total_steps:
       batch = next(train_iter)
-      if compact:
-        batch = compact_slots(batch)
       state, metrics = train_step(state, parallel.global_batch(batch, batch_sharding))
       step += 1
       metrics = jax.device_get(metrics)  # the step's one host transfer
@@ -459,20 +526,17 @@ def fit(config, workdir, data_dir, batch_sharding, state, abstract, train_step, 
         writer.scalars(step, {f"train/{k}": float(v) for k, v in metrics.items()}
                        | {"train/steps_per_second": rate})
         tick, tick_step = now, step
-      summary = None
+      scores = None
       if step % config.eval_every_steps == 0 or step == config.total_steps:
-        summary = evaluate(step)
-        scores = summary["all"]
-        bar.write(f"step {step}: validation SI-SNRi {scores['si_snri']['mean']:.2f} dB"
-                  f" ({scores['si_snri_pit']['mean']:.2f} under the best assignment)")
+        line, scores = validate(state.ema_params if config.ema_decay else state.params,
+                                step, writer)
+        bar.write(f"step {step}: {line}")
       if stop["sigterm"]:
         checkpoints.save(mngr, step, state, train_iter, force=True)
         mngr.wait_until_finished()
         bar.write(f"SIGTERM: saved step {step} in {ckpt_dir}; exiting")
         return state
-      metrics_for_ckpt = ({k: summary["all"][k]["mean"]
-                           for k in ("si_snri", "si_snri_pit")} if summary else None)
-      checkpoints.save(mngr, step, state, train_iter, metrics=metrics_for_ckpt,
+      checkpoints.save(mngr, step, state, train_iter, metrics=scores,
                        force=step == config.total_steps)
     return state
   finally:

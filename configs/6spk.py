@@ -68,6 +68,11 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   # steps, the lips' estimate otherwise; validation always uses the lips (0: off).
   # Without it the slots stayed symmetric in 650 CPU steps (BENCHMARKS.md).
   config.oracle_cue_steps = 400
+  # A pretrained visual encoder to start from: a lip-reading workdir
+  # (configs/lipread.py), or any separator's workdir or weights file. Frozen when
+  # visual_learning_rate is 0, else fine-tuned at that peak rate (same warmup, cosine).
+  config.visual_init = ml_collections.config_dict.placeholder(str)
+  config.visual_learning_rate = 0.0
 
   # Mesh axes and how logical parameter/activation axes map onto them.
   config.mesh_shape = (-1, 1, 1)       # -1: all remaining devices

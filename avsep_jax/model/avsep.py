@@ -87,10 +87,23 @@ def check_inputs(config, mixture, video, speaker_mask, sample_rate=None):
         f"{expected:.1f} frames at {config.video_fps} fps (+/- 1)")
 
 
-def _window_in_video_frames(window, audio_frames_per_video_frame):
-  if window is None:
-    return None
-  return tuple(math.ceil(w / audio_frames_per_video_frame) for w in window)
+def layer_options(cfg, train: bool = False) -> layers.LayerOptions:
+  """The options every layer of the model `cfg` runs with; `window` in audio frames."""
+  window = None if cfg.attention_window is None else tuple(cfg.attention_window)
+  return layers.LayerOptions(
+      attention_impl=cfg.attention_impl, causal=cfg.causal, window=window,
+      dropout_rate=cfg.dropout_rate, deterministic=not train, remat=cfg.remat,
+      dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+
+
+def video_options(cfg, opts: layers.LayerOptions) -> layers.LayerOptions:
+  """`opts` for the visual encoder, which runs at the video frame rate: the attention
+  window in video frames, rounded up."""
+  if opts.window is None:
+    return opts
+  audio_frames_per_video_frame = cfg.sample_rate / cfg.video_fps / cfg.stft_scales[0][2]
+  return dataclasses.replace(opts, window=tuple(
+      math.ceil(w / audio_frames_per_video_frame) for w in opts.window))
 
 
 class AVSeparator(nn.Module):
@@ -143,11 +156,7 @@ class AVSeparator(nn.Module):
       raise ValueError("decoder.kind='bands' predicts at the main STFT scale only: set "
                        "stft_scales to one scale (the loss has its own scales)")
     check_causal(cfg)
-    window = None if cfg.attention_window is None else tuple(cfg.attention_window)
-    opts = layers.LayerOptions(
-        attention_impl=cfg.attention_impl, causal=cfg.causal, window=window,
-        dropout_rate=cfg.dropout_rate, deterministic=not train, remat=cfg.remat,
-        dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    opts = layer_options(cfg, train)
     scales = tuple(tuple(s) for s in cfg.stft_scales)
     _, _, main_hop = scales[0]
     num_samples = mixture.shape[1]
@@ -161,7 +170,7 @@ class AVSeparator(nn.Module):
     audio = audio_lib.AudioEncoder(cfg.audio, opts, name="audio_encoder")(specs[0])
     aux = {}
     if cfg.get("use_video", True):
-      audio, streams, aux = self._fuse_video(audio, video, speaker_mask, window, opts,
+      audio, streams, aux = self._fuse_video(audio, video, speaker_mask, opts,
                                              main_hop, activity_cue, oracle_share)
     else:
       # Audio-only baseline: the slots differ only by a learned embedding each, so which
@@ -195,15 +204,12 @@ class AVSeparator(nn.Module):
     return scale_waves.mean(axis=1), aux
 
   @nn.nowrap
-  def _fuse_video(self, audio, video, speaker_mask, window, opts, main_hop, activity_cue,
+  def _fuse_video(self, audio, video, speaker_mask, opts, main_hop, activity_cue,
                   oracle_share):
     """Visual encoder, lip-activity head and fusion: audio (B, T, d) -> fused audio
     (B, T, d), per-slot streams (B, S, T, d) and aux {alignment, activity_logits}."""
     cfg = self.config
-    frames_per_video = cfg.sample_rate / cfg.video_fps / main_hop
-    video_opts = dataclasses.replace(
-        opts, window=_window_in_video_frames(window, frames_per_video))
-    video_tokens = visual_lib.VisualEncoder(cfg.visual, video_opts,
+    video_tokens = visual_lib.VisualEncoder(cfg.visual, video_options(cfg, opts),
                                             name="visual_encoder")(video)
     # Speech activity read from the lips alone, before any audio is mixed in: the
     # trainer's activity loss gives the visual encoder a direct signal, which breaks

@@ -42,3 +42,14 @@ def test_full_has_the_design_record_dimensions():
 def test_unknown_variant_is_rejected():
   with pytest.raises(flags.IllegalFlagValueError, match="unknown model variant .huge."):
     load(f"{CONFIG_DIR / '6spk.py'}:huge")
+
+
+@pytest.mark.parametrize("variant", ["", "lite", "stream", "full", "smoke"])
+def test_lipread_trains_the_encoder_of_the_separator_it_names(variant):
+  config = load(f"{CONFIG_DIR / 'lipread.py'}" + (f":{variant}" if variant else ""))
+  separator = load(f"{CONFIG_DIR / '6spk.py'}:{variant or 'lite'}")
+  assert config.trainer == "lipread" and config.best_metric == "frame_accuracy"
+  assert config.model.visual.to_dict() == separator.model.visual.to_dict()
+  assert config.model.causal == separator.model.causal
+  with pytest.raises(flags.IllegalFlagValueError, match="no visual encoder"):
+    load(f"{CONFIG_DIR / 'lipread.py'}:audio_only")

@@ -163,6 +163,24 @@ def frame_times(num_frames: int, fps: float = 25,
   return (np.arange(num_frames) - offset_frames + 0.5) / fps
 
 
+def frame_visemes(phones: Sequence, num_frames: int, fps: float = 25,
+                  offset_frames: int = 0) -> np.ndarray:
+  """(F,) int32 SAPI viseme id shown by each video frame: that of the phone spanning
+  the frame's time (`frame_times`, so the video's lag is applied), silence (0) outside
+  the timeline. What a lip reader learns to read; diphthongs keep their onset's id."""
+  timeline = validate_timeline(phones)
+  t = frame_times(num_frames, fps, offset_frames)
+  if not timeline:
+    return np.zeros(num_frames, np.int32)
+  starts = np.asarray([s for _, s, _ in timeline])
+  ends = np.asarray([e for _, _, e in timeline])
+  ids = np.asarray([PHONE_TO_VISEME[p] for p, _, _ in timeline], np.int32)
+  # The first phone ending after t (zero-length phones are never chosen).
+  index = np.minimum(np.searchsorted(ends, t, side="right"), len(timeline) - 1)
+  inside = (t >= starts[0]) & (t < ends[-1])
+  return np.where(inside, ids[index], PHONE_TO_VISEME[SILENCE]).astype(np.int32)
+
+
 def _segments(timeline):
   """Splits the timeline into target segments, diphthongs in two.
 
