@@ -26,6 +26,7 @@ from avsep_jax import evaluation
 from avsep_jax import parallel
 from avsep_jax import train
 from avsep_jax.data import lipread as data_lib
+from avsep_jax.data import sources
 from avsep_jax.model.lipreader import LipReader
 
 
@@ -58,6 +59,12 @@ def clips(config, data_dir, split, *, num_examples=None, seed_offset=0):
       seed=config.seed + seed_offset, num_examples=num_examples,
       augment_video=split == "train" and config.get("augment_video", True),
       shard_index=jax.process_index(), shard_count=jax.process_count())
+
+
+def data_facts(config, data_dir) -> dict:
+  """The dataset and its prepared version, for the evaluation JSON."""
+  return {"dataset": config.dataset,
+          "dataset_version": sources.dataset_version(config.dataset, data_dir)}
 
 
 def frame_loss(logits, labels):
@@ -146,7 +153,8 @@ def validator(config, workdir, data_dir, batch_sharding, predict):
     scores = score(*gather_predictions(predict, params, batches, batch_sharding))
     if writer:
       evaluation.write_json(os.path.join(workdir, "eval", f"validation_{step}.json"),
-                            scores, step=step, split="validation")
+                            scores, step=step, split="validation",
+                            **data_facts(config, data_dir))
       writer.scalars(step, {"eval/frame_accuracy": scores["frame_accuracy"],
                             "eval/chance": scores["chance"]})
     line = (f"validation frame accuracy {scores['frame_accuracy']:.3f} "
@@ -210,7 +218,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
         f"({scores['frames']} frames)")
   if jax.process_index() == 0:
     path = os.path.join(workdir, "eval", f"test_{which}_{step}.json")
-    evaluation.write_json(path, scores, step=step, split="test", checkpoint=which)
+    evaluation.write_json(path, scores, step=step, split="test", checkpoint=which,
+                          **data_facts(config, data_dir))
     print(f"wrote {path}")
   mngr.close()
   return scores

@@ -419,6 +419,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
              separation_validator(config, workdir, data_dir, batch_sharding, predict))
 
 
+def run_facts(config, data_dir) -> dict:
+  """What a score depends on besides the weights, for the evaluation JSON: the cue the
+  slots were given ('lips', 'oracle': the true activity, or 'none' for audio only),
+  the dataset and its prepared version, and the pretrained encoder, if any."""
+  if not config.model.get("use_video", True):
+    cue = "none"
+  else:
+    cue = "oracle" if config.get("oracle_cue") else "lips"
+  return {"cue": cue, "dataset": config.dataset,
+          "dataset_version": sources.dataset_version(config.dataset, data_dir),
+          "visual_init": config.get("visual_init")}
+
+
 def separation_validator(config, workdir, data_dir, batch_sharding, predict):
   """`fit`'s validation for separators: SI-SNRi and friends on the same
   `config.eval_examples` validation mixtures every time, written as
@@ -446,7 +459,8 @@ def separation_validator(config, workdir, data_dir, batch_sharding, predict):
     summary = evaluation.summarize(evaluation.gather(records))
     if writer:
       evaluation.write_json(os.path.join(workdir, "eval", f"validation_{step}.json"),
-                            summary, step=step, split="validation")
+                            summary, step=step, split="validation",
+                            **run_facts(config, data_dir))
       writer.scalars(step, {f"eval/{k}": v["mean"] for k, v in summary["all"].items()})
       writer.examples(step, *first, sample_rate=config.model.sample_rate)
     scores = summary["all"]
@@ -588,7 +602,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   print(evaluation.format_table(summary))
   if jax.process_index() == 0:
     path = os.path.join(workdir, "eval", f"test_{which}_{step}.json")
-    evaluation.write_json(path, summary, step=step, split="test", checkpoint=which)
+    evaluation.write_json(path, summary, step=step, split="test", checkpoint=which,
+                          checkpoint_dir=os.path.join(os.path.abspath(workdir),
+                                                      "checkpoints"),
+                          **run_facts(config, data_dir))
     print(f"wrote {path}")
   mngr.close()
   return summary

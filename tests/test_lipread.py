@@ -163,6 +163,7 @@ def test_the_trainer_writes_accuracy_and_evaluates_test(lipread_workdir, run_mod
   s = result["summary"]
   assert 0 <= s["frame_accuracy"] <= 1 and 0 < s["chance"] < 1
   assert s["frames"] == 4 * 25 and len(s["recall_per_class"]) == data_lib.NUM_CLASSES
+  assert result["dataset"] == "synthav/tiny" and result["dataset_version"] == "1.1.0"
   done = run_module("avsep_jax.main", "--config=configs/lipread.py:smoke",
                     f"--workdir={lipread_workdir}", f"--config.data_dir={tiny_data_dir}",
                     "--mode=evaluate")

@@ -22,6 +22,23 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+VERSION = "1.1.0"  # SynthAV's, as built by the tiny_data_dir fixture
+
+
+def test_run_facts_name_the_cue_and_the_data(tiny_data_dir):
+  from avsep_jax import separate, train  # pylint: disable=g-import-not-at-top
+  from avsep_jax.data.synthav import builder  # pylint: disable=g-import-not-at-top
+  assert str(builder.SynthAV.VERSION) == VERSION
+  config, _ = separate.load_config(None, str(ROOT / "configs/2spk.py:smoke"))
+  assert train.run_facts(config, tiny_data_dir) == {
+      "cue": "lips", "dataset": "synthav/tiny", "dataset_version": VERSION,
+      "visual_init": None}
+  config.oracle_cue = True
+  assert train.run_facts(config, tiny_data_dir)["cue"] == "oracle"
+  audio_only, _ = separate.load_config(None, str(ROOT / "configs/2spk.py:audio_only"))
+  audio_only.dataset = "synthav/nowhere"
+  facts = train.run_facts(audio_only, tiny_data_dir)
+  assert facts["cue"] == "none" and facts["dataset_version"] is None
 # The reference run's schedule: 4 steps, validation and a checkpoint every 2.
 REFERENCE = ("--config.total_steps=4", "--config.eval_every_steps=2",
              "--config.checkpoint_every_steps=2")
@@ -176,6 +193,9 @@ def test_short_run_writes_checkpoints_events_and_eval_json(reference):
   assert any(t.endswith("_separated") for t in tags["audio"])
   summary = json.loads((reference / "eval" / "validation_4.json").read_text())
   assert summary["step"] == 4 and np.isfinite(summary["summary"]["all"]["si_snri"]["mean"])
+  # What the score depends on besides the weights.
+  assert (summary["cue"], summary["dataset"]) == ("lips", "synthav/tiny")
+  assert summary["dataset_version"] == VERSION and summary["visual_init"] is None
 
 
 def test_eight_devices_match_one_and_params_are_sharded(tiny_data_dir, reference,
@@ -301,6 +321,8 @@ def test_evaluate_mode_prints_a_table_per_speaker_count(tiny_data_dir, make_chec
   # No step holds validation scores, so the default (best) falls back to the newest.
   summary = json.loads((workdir / "eval" / "test_latest_0.json").read_text())
   assert summary["split"] == "test" and set(summary["summary"]) >= {"2", "6", "all"}
+  assert summary["checkpoint_dir"] == str(workdir / "checkpoints")
+  assert summary["cue"] == "lips" and summary["dataset_version"] == VERSION
 
 
 def test_nonfinite_losses_stop_the_run_naming_step_and_checkpoint(tiny_data_dir, tmp_path):

@@ -38,6 +38,15 @@ def dataset_dir(dataset: str, data_dir: str) -> str:
   return os.path.join(data_dir, builder, config)
 
 
+def dataset_version(dataset: str, data_dir: str) -> str | None:
+  """The prepared version `open_split` reads ('1.1.0'), or None when none is built."""
+  root = dataset_dir(dataset, data_dir)
+  versions = sorted(os.listdir(root)) if os.path.isdir(root) else []
+  versions = [v for v in versions
+              if os.path.isfile(os.path.join(root, v, "dataset_info.json"))]
+  return versions[-1] if versions else None
+
+
 def open_split(dataset: str, split: str, data_dir: str):
   """A prepared split as a TFDS ArrayRecord data source, plus the dataset's metadata.
 
@@ -54,13 +63,12 @@ def open_split(dataset: str, split: str, data_dir: str):
     ValueError: the split does not exist, or the directory is damaged.
   """
   root = dataset_dir(dataset, data_dir)
-  versions = sorted(os.listdir(root)) if os.path.isdir(root) else []
-  versions = [v for v in versions if os.path.isfile(os.path.join(root, v, "dataset_info.json"))]
-  if not versions:
+  version = dataset_version(dataset, data_dir)
+  if version is None:
     raise FileNotFoundError(
         f"{dataset} is not built under {data_dir} (no {root}/<version>/dataset_info.json)."
         f" Build it with: {build_command(dataset, data_dir)}")
-  path = os.path.join(root, versions[-1])
+  path = os.path.join(root, version)
   try:
     builder = tfds.builder_from_directory(path)
     splits = sorted(builder.info.splits)
