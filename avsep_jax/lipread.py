@@ -21,7 +21,6 @@ import numpy as np
 import optax
 import tqdm
 
-from avsep_jax import checkpoints
 from avsep_jax import evaluation
 from avsep_jax import parallel
 from avsep_jax import train
@@ -201,13 +200,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   model = make_model(config)
   optimizer, _ = train.make_optimizer(config)
   _, abstract, shardings = create_train_state(config, model, optimizer, mesh, rules)
-  mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"), keep=1 << 30,
-                             save_every=1, metric=config.best_metric)
-  step, which = checkpoints.choose_step(mngr, which, config.best_metric)
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints to evaluate")
-  key = "ema_params" if config.ema_decay else "params"
-  params = checkpoints.restore_params(mngr, step, getattr(abstract, key), key)
+  mngr, step, which, params = train.restore_for_evaluation(config, workdir, which,
+                                                            abstract)
   predict = make_predict(model, shardings.params, batch_sharding)
   batches = clips(config, data_dir, "test", num_examples=config.test_examples,
                   seed_offset=11)

@@ -562,6 +562,20 @@ def fit(config, workdir, batch_sharding, state, abstract, train_step, make_train
       writer.close()
 
 
+def restore_for_evaluation(config, workdir, which, abstract):
+  """(manager, step, which, params) of the best (or latest) step of `workdir`: its EMA
+  params when the run keeps them; `abstract` is the state's restore target. The
+  caller closes the manager."""
+  mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"), keep=1 << 30,
+                             save_every=1, metric=config.best_metric)
+  step, which = checkpoints.choose_step(mngr, which, config.best_metric)
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints to evaluate")
+  key = "ema_params" if config.ema_decay else "params"
+  return mngr, step, which, checkpoints.restore_params(mngr, step, getattr(abstract, key),
+                                                       key)
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         which: str = "best"):
   """Scores the best (or latest) checkpoint on the test split per speaker count.
@@ -582,13 +596,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
         shard_index=jax.process_index(), shard_count=jax.process_count())
 
   _, abstract, shardings = create_train_state(config, model, optimizer, mesh, rules)
-  mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"), keep=1 << 30,
-                             save_every=1, metric=config.best_metric)
-  step, which = checkpoints.choose_step(mngr, which, config.best_metric)
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints to evaluate")
-  key = "ema_params" if config.ema_decay else "params"
-  params = checkpoints.restore_params(mngr, step, getattr(abstract, key), key)
+  mngr, step, which, params = restore_for_evaluation(config, workdir, which, abstract)
   predict = make_predict(config, model, shardings.params, batch_sharding)
   records = []
   for n in counts:

@@ -12,14 +12,13 @@ validation accuracy is accuracy on voices (and faces) never seen in training.
 """
 
 import grain
-import jax
 import numpy as np
 
-from avsep_jax.data import augment
+from avsep_jax.data import pipeline
 from avsep_jax.data import sources
 from avsep_jax.data.synthav import visemes
 
-FPS = 25
+FPS = pipeline.FPS
 NUM_CLASSES = visemes.NUM_VISEMES
 
 
@@ -64,8 +63,8 @@ def make_dataset(dataset: str, split: str, data_dir: str, *, frames: int,
                  batch_size: int, seed: int, num_examples: int | None = None,
                  augment_video: bool = False, shard_index: int = 0,
                  shard_count: int = 1) -> grain.IterDataset:
-  """Batches of labelled clips from one split, as `pipeline.make_dataset` batches
-  mixtures (same sharding, determinism and checkpointable iterator).
+  """Batches of labelled clips from one split, batched, augmented and sharded as
+  `pipeline.make_dataset` does it (`pipeline.batch_and_shard`).
 
   Args:
     dataset: a dataset with phone timelines ('synthav/<config>').
@@ -87,15 +86,11 @@ def make_dataset(dataset: str, split: str, data_dir: str, *, frames: int,
   else:
     ds = grain.MapDataset.range(num_examples)
   ds = ds.random_map(Clipper(source, frames), seed=seed)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  if augment_video:
-    ds = ds.random_map(_augment_batch, seed=seed + 1)
-  ds = ds[:len(ds) - len(ds) % shard_count][shard_index::shard_count]
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+  return pipeline.batch_and_shard(ds, batch_size, seed=seed,
+                                  augment=_augment_batch if augment_video else None,
+                                  shard_index=shard_index, shard_count=shard_count)
 
 
 def _augment_batch(batch, rng: np.random.Generator):
-  with jax.default_device(jax.local_devices(backend="cpu")[0]):
-    key = jax.random.key(int(rng.integers(2**31)))
-    video = np.asarray(augment.augment_video(batch["video"][:, None], key))[:, 0]
-  return dict(batch, video=video)
+  """The separation pipeline's augmentation, each clip a one-slot example."""
+  return dict(batch, video=pipeline.augment_on_host(batch["video"][:, None], rng)[:, 0])

@@ -193,20 +193,36 @@ def make_dataset(dataset: str, split: str, data_dir: str, config: MixConfig, *,
   # the global one (sharded first, every shard would draw the same mixtures). The
   # mixer also reads the index itself (groups that share a speaker count).
   ds = ds.map_with_index(lambda index, _: index).random_map(mixer, seed=seed)
+  return batch_and_shard(ds, batch_size, seed=seed,
+                         augment=_augment_batch if augment_video else None,
+                         shard_index=shard_index, shard_count=shard_count)
+
+
+def batch_and_shard(ds: grain.MapDataset, batch_size: int, *, seed: int, augment=None,
+                    shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
+  """Examples -> this process's batches: batched, then `augment(batch, rng)` when
+  given, then every `shard_count`-th global batch from `shard_index`; an iterable
+  whose iterator has get_state()/set_state()."""
   ds = ds.batch(batch_size, drop_remainder=True)
-  if augment_video:
-    ds = ds.random_map(_augment_batch, seed=seed + 1)
+  if augment is not None:
+    ds = ds.random_map(augment, seed=seed + 1)
   # Whole global batches only, so every process gets as many batches as the others.
   ds = ds[:len(ds) - len(ds) % shard_count][shard_index::shard_count]
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
 
 
-def _augment_batch(batch, rng: np.random.Generator):
+def augment_on_host(video, rng: np.random.Generator):
+  """`augment.augment_video` of (B, S, F, H, W) uint8 clips on this process's CPU,
+  one draw from `rng`."""
   # On the host CPU: the pipeline must not occupy the accelerator the model trains on.
   # This process's own CPU device: jax.devices() lists every process's devices.
   with jax.default_device(jax.local_devices(backend="cpu")[0]):
     key = jax.random.key(int(rng.integers(2**31)))
-    video = np.asarray(augment.augment_video(batch["video"], key))
+    return np.asarray(augment.augment_video(video, key))
+
+
+def _augment_batch(batch, rng: np.random.Generator):
+  video = augment_on_host(batch["video"], rng)
   # Padded slots stay black: augmentation must not turn silence into a face.
   return dict(batch, video=video * batch["speaker_mask"][:, :, None, None, None])
 
