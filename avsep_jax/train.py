@@ -27,6 +27,7 @@ from avsep_jax import loading
 from avsep_jax import parallel
 from avsep_jax import signal
 from avsep_jax import summaries
+from avsep_jax import visual_cache
 from avsep_jax.data import device_mix
 from avsep_jax.data import pipeline
 from avsep_jax.data import sources
@@ -79,7 +80,7 @@ def mix_config(config, num_speakers=None, same_count_per=None) -> pipeline.MixCo
 
 
 # Batch entries with a speaker-slot axis (axis 1).
-SLOT_KEYS = ("sources", "video", "speaker_mask", "av_offset")
+SLOT_KEYS = ("sources", "video", "visual_features", "speaker_mask", "av_offset")
 
 
 def compact_slots(batch):
@@ -115,11 +116,17 @@ def make_optimizer(config):
   return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw), schedule
 
 
+def is_frozen_visual(config) -> bool:
+  """Whether the visual encoder is pretrained and frozen (`config.visual_init` with
+  `visual_learning_rate` 0)."""
+  return bool(config.get("visual_init")) and not config.get("visual_learning_rate", 0.0)
+
+
 def frozen_visual(config, params):
   """`params` with the visual encoder's gradient stopped when it is pretrained and
   frozen (`config.visual_init` with `visual_learning_rate` 0): XLA then drops the
   encoder's backward pass, about a third of `lite`'s step."""
-  if not config.get("visual_init") or config.get("visual_learning_rate", 0.0):
+  if not is_frozen_visual(config):
     return params
   return params | {"visual_encoder": jax.lax.stop_gradient(params["visual_encoder"])}
 
@@ -174,19 +181,43 @@ def separation_loss(config, out, aux, batch):
   return sum(weights[k] * v for k, v in parts.items()), parts
 
 
-def train_iterator(config, data_dir):
+def uses_visual_cache(config) -> bool:
+  """Whether training reads cached frame features instead of running the visual CNN:
+  `config.visual_cache` with a frozen pretrained encoder and host ('grain') input
+  (device mixing keeps the video on the device and runs the encoder)."""
+  return (config.get("visual_cache", False) and is_frozen_visual(config)
+          and config.model.get("use_video", True)
+          and config.get("input", "grain") == "grain")
+
+
+def prepare_visual_cache(config, data_dir, state):
+  """(directory, expected) of the frozen encoder's feature cache, built where missing
+  (`avsep_jax.visual_cache`), or None when training runs the encoder live."""
+  if not uses_visual_cache(config):
+    return None
+  return visual_cache.ensure(config.model, state.params["visual_encoder"],
+                             config.dataset, data_dir)
+
+
+def _split_features(cache, split):
+  return None if cache is None else visual_cache.SplitFeatures(*cache, split)
+
+
+def train_iterator(config, data_dir, cache=None):
   """This process's training batches from the first (a grain iterator: checkpoints
-  hold its position)."""
+  hold its position); with cached frame features (`prepare_visual_cache`) in place of
+  video when `cache` is given."""
   same = config.batch_size if config.get("compact_slots") else None
   ds = pipeline.make_dataset(
       config.dataset, "train", data_dir, mix_config(config, same_count_per=same),
       batch_size=config.batch_size // jax.process_count(), seed=config.seed,
       augment_video=config.get("augment_video", True),
-      shard_index=jax.process_index(), shard_count=jax.process_count())
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      visual_features=_split_features(cache, "train"))
   return iter(ds.map(compact_slots) if same else ds)
 
 
-def train_input(config, data_dir, batch_sharding):
+def train_input(config, data_dir, batch_sharding, cache=None):
   """() -> a fresh training iterator at the first batch, by `config.input`.
 
   'grain': `train_iterator`, host-local numpy batches. 'device': global batches mixed
@@ -198,17 +229,24 @@ def train_input(config, data_dir, batch_sharding):
         config.dataset, data_dir, mix_config(config), batch_size=config.batch_size,
         seed=config.seed, augment_video=config.get("augment_video", True),
         sharding=batch_sharding)
-  return functools.partial(train_iterator, config, data_dir)
+  return functools.partial(train_iterator, config, data_dir, cache)
 
 
-def validation_batches(config, data_dir):
+def validation_batches(config, data_dir, cache=None):
   """This process's share of the same `config.eval_examples` validation mixtures at
-  every evaluation."""
+  every evaluation (with cached frame features in place of video given `cache`)."""
   return pipeline.make_dataset(
       config.dataset, "validation", data_dir, mix_config(config),
       batch_size=config.batch_size // jax.process_count(), seed=config.seed + 7,
       num_examples=config.eval_examples, shard_index=jax.process_index(),
-      shard_count=jax.process_count())
+      shard_count=jax.process_count(), visual_features=_split_features(cache, "validation"))
+
+
+def model_inputs(batch) -> dict:
+  """The model's visual input from a batch: video, or cached frame features."""
+  if "visual_features" in batch:
+    return {"video": None, "visual_features": batch["visual_features"]}
+  return {"video": batch["video"]}
 
 
 def oracle_cue(config, batch):
@@ -307,9 +345,10 @@ def make_train_step(config, model, optimizer, schedule, shardings, batch_shardin
 
     def loss_fn(params):
       params = frozen_visual(config, params)
-      out, aux = model.apply({"params": params}, batch["mixture"], batch["video"],
-                             batch["speaker_mask"], train=True, rngs={"dropout": rng},
-                             activity_cue=cue, oracle_share=share)
+      out, aux = model.apply({"params": params}, batch["mixture"],
+                             speaker_mask=batch["speaker_mask"], train=True,
+                             rngs={"dropout": rng}, activity_cue=cue, oracle_share=share,
+                             **model_inputs(batch))
       return separation_loss(config, out, aux, batch)
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -353,8 +392,9 @@ def make_predict(config, model, param_shardings, batch_sharding):
 
   @functools.partial(jax.jit, in_shardings=(param_shardings, batch_sharding))
   def predict(params, batch):
-    out, aux = model.apply({"params": params}, batch["mixture"], batch["video"],
-                           batch["speaker_mask"], activity_cue=oracle_cue(config, batch))
+    out, aux = model.apply({"params": params}, batch["mixture"],
+                           speaker_mask=batch["speaker_mask"],
+                           activity_cue=oracle_cue(config, batch), **model_inputs(batch))
     return out, aux["masks"][str(config.model.stft_scales[0][0])]
 
   return predict
@@ -404,6 +444,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   # ---------------------------------------------------------------------- Shard
   state, abstract, shardings = create_train_state(config, model, optimizer, mesh, rules)
   state = load_visual_init(config, state, shardings)
+  cache = prepare_visual_cache(config, data_dir, state)
   if jax.process_index() == 0:
     print(f"params: {parallel.nbytes(state.params) / 1e6:.3f} MB, "
           f"{parallel.nbytes_on(state.params, jax.devices()[0]) / 1e6:.3f} MB on "
@@ -415,8 +456,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   predict = make_predict(config, model, shardings.params, batch_sharding)
 
   return fit(config, workdir, batch_sharding, state, abstract, train_step,
-             train_input(config, data_dir, batch_sharding),
-             separation_validator(config, workdir, data_dir, batch_sharding, predict))
+             train_input(config, data_dir, batch_sharding, cache),
+             separation_validator(config, workdir, data_dir, batch_sharding, predict,
+                                  cache))
 
 
 def run_facts(config, data_dir) -> dict:
@@ -432,13 +474,14 @@ def run_facts(config, data_dir) -> dict:
           "visual_init": config.get("visual_init")}
 
 
-def separation_validator(config, workdir, data_dir, batch_sharding, predict):
+def separation_validator(config, workdir, data_dir, batch_sharding, predict, cache=None):
   """`fit`'s validation for separators: SI-SNRi and friends on the same
   `config.eval_examples` validation mixtures every time, written as
   eval/validation_<step>.json, TensorBoard scalars and audio examples.
 
   Args:
     predict: (params, global batch) -> (waveforms (B, S, T), main-scale masks).
+    cache: the frozen encoder's feature cache (`prepare_visual_cache`), or None.
 
   Returns:
     validate(params, step, writer) -> (a line to print, {metric: value} stored with
@@ -448,7 +491,7 @@ def separation_validator(config, workdir, data_dir, batch_sharding, predict):
   def validate(params, step, writer):
     records = []
     first = None
-    for batch in validation_batches(config, data_dir):
+    for batch in validation_batches(config, data_dir, cache):
       out, masks = predict(params, parallel.global_batch(batch, batch_sharding))
       out, masks = parallel.local_rows(out), parallel.local_rows(masks)
       records += evaluation.score_batch(out, batch["sources"], batch["mixture"],
@@ -460,6 +503,7 @@ def separation_validator(config, workdir, data_dir, batch_sharding, predict):
     if writer:
       evaluation.write_json(os.path.join(workdir, "eval", f"validation_{step}.json"),
                             summary, step=step, split="validation",
+                            visual_features="cached" if cache else "live",
                             **run_facts(config, data_dir))
       writer.scalars(step, {f"eval/{k}": v["mean"] for k, v in summary["all"].items()})
       writer.examples(step, *first, sample_rate=config.model.sample_rate)

@@ -73,6 +73,10 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   # visual_learning_rate is 0, else fine-tuned at that peak rate (same warmup, cosine).
   config.visual_init = ml_collections.config_dict.placeholder(str)
   config.visual_learning_rate = 0.0
+  # With a frozen pretrained encoder and 'grain' input: its frame features are computed
+  # once per utterance and kept beside the dataset (avsep_jax/visual_cache.py), and
+  # training and validation run no visual CNN (video augmentation is then off).
+  config.visual_cache = True
 
   # Mesh axes and how logical parameter/activation axes map onto them.
   config.mesh_shape = (-1, 1, 1)       # -1: all remaining devices

@@ -7,6 +7,9 @@ noise, and padding up to the model's S_max slots:
     mixture (T,) float32, sources (S_max, T) float32, video (S_max, F, H, W) uint8,
     speaker_mask (S_max,) bool, av_offset (S_max,) int32, num_speakers () int32
 
+or, given a frozen encoder's cached frame features (`avsep_jax.visual_cache`),
+visual_features (S_max, F, d) float32 in place of video, cropped like it.
+
 Batches stack these along a leading B axis: the model's input contract. The pipeline is
 deterministic given its seed, and its iterator state can be saved and restored.
 """
@@ -68,7 +71,10 @@ class MixConfig:
 class Mixer(grain.transforms.RandomMap):
   """Index -> one mixture example, drawn with the element's own rng."""
 
-  def __init__(self, source, num_split_speakers: int, config: MixConfig, seed: int = 0):
+  def __init__(self, source, num_split_speakers: int, config: MixConfig, seed: int = 0,
+               visual_features=None):
+    """`visual_features`: None, or per-record (F_i, d) frame features indexed like
+    `source`, which the examples then carry in place of video."""
     if not 1 <= config.min_speakers <= config.max_speakers:
       raise ValueError(f"need 1 <= min_speakers <= max_speakers, got "
                        f"{config.min_speakers}, {config.max_speakers}")
@@ -79,7 +85,11 @@ class Mixer(grain.transforms.RandomMap):
       raise ValueError(
           f"mixtures of up to {config.max_speakers} speakers need that many distinct "
           f"speakers, but this split has only {num_split_speakers}")
+    if visual_features is not None and len(visual_features) != len(source):
+      raise ValueError(f"the visual features hold {len(visual_features)} records, the "
+                       f"split {len(source)}: they were made from another dataset")
     self.source = source
+    self.visual_features = visual_features
     self.num_split_speakers = num_split_speakers
     self.config = config
     self.seed = seed
@@ -97,10 +107,12 @@ class Mixer(grain.transforms.RandomMap):
     sources = np.zeros((cfg.num_slots, samples), np.float32)
     video = None
     offsets = np.zeros(cfg.num_slots, np.int32)
-    for i, utt in enumerate(utterances):
-      audio, frames_i = _crop(utt, frames, rng)
+    for i, (index, utt) in enumerate(utterances):
+      visual = (utt["video"] if self.visual_features is None
+                else self.visual_features[index])
+      audio, frames_i = _crop(utt["audio"], visual, frames, rng)
       if video is None:
-        video = np.zeros((cfg.num_slots, frames) + frames_i.shape[1:], np.uint8)
+        video = np.zeros((cfg.num_slots, frames) + frames_i.shape[1:], frames_i.dtype)
       rms = np.sqrt(np.mean(audio ** 2)) + 1e-4
       gain = 10 ** (rng.uniform(*cfg.gain_db) / 20) * 0.05 / rms
       sources[i] = audio * gain
@@ -116,35 +128,40 @@ class Mixer(grain.transforms.RandomMap):
     return {
         "mixture": (mixture * scale).astype(np.float32),
         "sources": sources * np.float32(scale),
-        "video": video,
+        "video" if self.visual_features is None else "visual_features": video,
         "speaker_mask": np.arange(cfg.num_slots) < n,
         "av_offset": offsets,
         "num_speakers": np.int32(n),
     }
 
   def _distinct_speakers(self, n, rng):
-    """n utterances of n different speakers, by rejection: no index of all records needed."""
+    """n (record index, utterance) of n different speakers, by rejection: no index of
+    all records needed."""
     chosen, speakers = [], set()
     for _ in range(200 * n):
-      utt = self.source[int(rng.integers(len(self.source)))]
+      index = int(rng.integers(len(self.source)))
+      utt = self.source[index]
       if utt["speaker_index"] not in speakers:
         speakers.add(utt["speaker_index"])
-        chosen.append(utt)
+        chosen.append((index, utt))
         if len(chosen) == n:
           return chosen
     raise RuntimeError(f"could not draw {n} distinct speakers from "
                        f"{self.num_split_speakers}; is the split's metadata right?")
 
 
-def _crop(utt, frames, rng):
+def _crop(audio, video, frames, rng):
   """A random `frames`-long window of an utterance, padded with silence if short.
 
-  Returns audio (frames * 640,) float32 in [-1, 1] and video (frames, H, W) uint8. The
+  Args:
+    audio: (T,) int16 at 16 kHz.
+    video: (F, ...) per video frame: mouth ROIs (F, H, W), or their frame features.
+
+  Returns audio (frames * 640,) float32 in [-1, 1] and video (frames, ...). The
   window starts on a video frame boundary so both streams stay in step; a short
   utterance is placed at a random position, its video edge-padded (mouth at rest).
   """
-  audio = utt["audio"].astype(np.float32) / 32768.0
-  video = utt["video"]
+  audio = audio.astype(np.float32) / 32768.0
   have = video.shape[0]
   if have >= frames:
     start = int(rng.integers(have - frames + 1))
@@ -153,14 +170,15 @@ def _crop(utt, frames, rng):
   pad = int(rng.integers(frames - have + 1))
   a = np.zeros(frames * SAMPLES_PER_FRAME, np.float32)
   a[pad * SAMPLES_PER_FRAME:pad * SAMPLES_PER_FRAME + len(audio)] = audio
-  v = np.pad(video, ((pad, frames - have - pad), (0, 0), (0, 0)), mode="edge")
+  v = np.pad(video, ((pad, frames - have - pad),) + ((0, 0),) * (video.ndim - 1),
+             mode="edge")
   return a, v
 
 
 def make_dataset(dataset: str, split: str, data_dir: str, config: MixConfig, *,
                  batch_size: int, seed: int, num_examples: int | None = None,
                  augment_video: bool = False, shard_index: int = 0,
-                 shard_count: int = 1) -> grain.IterDataset:
+                 shard_count: int = 1, visual_features=None) -> grain.IterDataset:
   """Batches of mixtures from one split.
 
   Args:
@@ -176,6 +194,9 @@ def make_dataset(dataset: str, split: str, data_dir: str, config: MixConfig, *,
       rows [i * batch_size, (i + 1) * batch_size) of global batch k, the batch that one
       process with `shard_count * batch_size` would read, so any process count trains
       on the same data.
+    visual_features: None, or this split's cached frame features
+      (`visual_cache.SplitFeatures`): examples carry them in place of video (and are
+      not augmented: the features are of the plain video).
 
   Returns:
     A grain IterDataset; `iter()` gives an iterator with get_state()/set_state().
@@ -184,7 +205,7 @@ def make_dataset(dataset: str, split: str, data_dir: str, config: MixConfig, *,
   if split not in metadata.get("speakers", {}):
     raise ValueError(f"{dataset} metadata does not say how many speakers split "
                      f"{split!r} has")
-  mixer = Mixer(source, int(metadata["speakers"][split]), config, seed)
+  mixer = Mixer(source, int(metadata["speakers"][split]), config, seed, visual_features)
   if num_examples is None:
     ds = grain.MapDataset.range(len(source)).repeat()
   else:
@@ -193,8 +214,9 @@ def make_dataset(dataset: str, split: str, data_dir: str, config: MixConfig, *,
   # the global one (sharded first, every shard would draw the same mixtures). The
   # mixer also reads the index itself (groups that share a speaker count).
   ds = ds.map_with_index(lambda index, _: index).random_map(mixer, seed=seed)
+  augment = augment_video and visual_features is None
   return batch_and_shard(ds, batch_size, seed=seed,
-                         augment=_augment_batch if augment_video else None,
+                         augment=_augment_batch if augment else None,
                          shard_index=shard_index, shard_count=shard_count)
 
 

@@ -46,35 +46,47 @@ def check_causal(config):
     raise ValueError("a causal model needs " + "; ".join(problems))
 
 
-def check_inputs(config, mixture, video, speaker_mask, sample_rate=None):
+def check_inputs(config, mixture, video, speaker_mask, sample_rate=None,
+                 visual_features=None):
   """Raises ValueError naming the problem when inputs break the model's contract.
 
   Args:
     config: `config.model`.
     mixture: (B, T) float.
-    video: (B, S, F, H, W) mouth ROIs, S <= config.num_speakers.
+    video: (B, S, F, H, W) mouth ROIs, S <= config.num_speakers; None when
+      `visual_features` stand in for it.
     speaker_mask: (B, S) bool.
     sample_rate: the caller's sample rate, if known; must equal config.sample_rate.
+    visual_features: None, or (B, S, F, d_model) cached frame features of the video.
   """
   if sample_rate is not None and sample_rate != config.sample_rate:
     raise ValueError(f"audio must be sampled at {config.sample_rate} Hz, got "
                      f"{sample_rate} Hz; resample it first")
   if mixture.ndim != 2:
     raise ValueError(f"mixture must have rank 2 (B, T), got shape {mixture.shape}")
-  if video.ndim != 5:
+  if (video is None) == (visual_features is None):
+    raise ValueError("pass either video or visual_features, not both or neither")
+  if visual_features is not None:
+    d = config.visual.d_model
+    if visual_features.ndim != 4 or visual_features.shape[-1] != d:
+      raise ValueError(f"visual_features must be (B, S, F, {d}) frame features, got "
+                       f"shape {visual_features.shape}")
+  elif video.ndim != 5:
     raise ValueError(f"video must have rank 5 (B, S, F, H, W), got shape {video.shape}")
   if speaker_mask.ndim != 2:
     raise ValueError(f"speaker_mask must have rank 2 (B, S), got shape "
                      f"{speaker_mask.shape}")
   b, t = mixture.shape
-  _, s, f, h, w = video.shape
-  if video.shape[0] != b or speaker_mask.shape != (b, s):
+  visual = video if visual_features is None else visual_features
+  _, s, f = visual.shape[:3]
+  if visual.shape[0] != b or speaker_mask.shape != (b, s):
     raise ValueError(f"batch/speaker dims disagree: mixture {mixture.shape}, video "
-                     f"{video.shape}, speaker_mask {speaker_mask.shape}")
+                     f"{visual.shape}, speaker_mask {speaker_mask.shape}")
   if not 1 <= s <= config.num_speakers:
     raise ValueError(f"video has {s} speaker slots; this model has 1..."
                      f"{config.num_speakers}")
-  if (h, w) != (config.roi_size, config.roi_size):
+  if video is not None and video.shape[3:] != (config.roi_size, config.roi_size):
+    h, w = video.shape[3:]
     raise ValueError(f"mouth ROIs must be {config.roi_size}x{config.roi_size}, got "
                      f"{h}x{w}")
   min_len = max(n_fft for n_fft, _, _ in config.stft_scales)
@@ -117,12 +129,13 @@ class AVSeparator(nn.Module):
 
   @nn.compact
   def __call__(self, mixture, video, speaker_mask, train=False, sample_rate=None,
-               activity_cue=None, oracle_share=None):
+               activity_cue=None, oracle_share=None, visual_features=None):
     """Separate one voice per speaker slot.
 
     Args:
       mixture: (B, T) float32 waveform at `config.sample_rate`.
-      video: (B, S, F, H, W) uint8 mouth ROIs at `config.video_fps`, S <= num_speakers.
+      video: (B, S, F, H, W) uint8 mouth ROIs at `config.video_fps`, S <= num_speakers;
+        None when `visual_features` are given.
       speaker_mask: (B, S) bool, False for padded (absent) slots.
       train: enables dropout (needs a 'dropout' rng).
       sample_rate: optional; checked against `config.sample_rate`.
@@ -132,6 +145,9 @@ class AVSeparator(nn.Module):
       oracle_share: optional (B,) weight in [0, 1] of `activity_cue` against the
         lips' estimate, per example (a training curriculum); None uses
         `activity_cue` alone when given.
+      visual_features: optional (B, S, F, d_visual) frame features of the video
+        (`VisualEncoder.frame_features`, e.g. from a cache of a frozen encoder) in
+        place of `video`: the visual CNN then does not run.
 
     Returns:
       waveforms (B, S, T) float32 (zeros in padded slots) and an aux dict:
@@ -146,7 +162,7 @@ class AVSeparator(nn.Module):
         (`config.use_video`; False is the audio-only baseline, which ignores `video`).
     """
     cfg = self.config
-    check_inputs(cfg, mixture, video, speaker_mask, sample_rate)
+    check_inputs(cfg, mixture, video, speaker_mask, sample_rate, visual_features)
     if cfg.phase not in PHASES:
       raise ValueError(f"phase must be one of {PHASES}, got {cfg.phase!r}")
     kind = cfg.decoder.get("kind", "masks")
@@ -170,8 +186,8 @@ class AVSeparator(nn.Module):
     audio = audio_lib.AudioEncoder(cfg.audio, opts, name="audio_encoder")(specs[0])
     aux = {}
     if cfg.get("use_video", True):
-      audio, streams, aux = self._fuse_video(audio, video, speaker_mask, opts,
-                                             main_hop, activity_cue, oracle_share)
+      audio, streams, aux = self._fuse_video(audio, video, visual_features, speaker_mask,
+                                             opts, main_hop, activity_cue, oracle_share)
     else:
       # Audio-only baseline: the slots differ only by a learned embedding each, so which
       # voice lands in which slot is arbitrary and training needs PIT (`pit_weight`).
@@ -204,13 +220,14 @@ class AVSeparator(nn.Module):
     return scale_waves.mean(axis=1), aux
 
   @nn.nowrap
-  def _fuse_video(self, audio, video, speaker_mask, opts, main_hop, activity_cue,
-                  oracle_share):
-    """Visual encoder, lip-activity head and fusion: audio (B, T, d) -> fused audio
-    (B, T, d), per-slot streams (B, S, T, d) and aux {alignment, activity_logits}."""
+  def _fuse_video(self, audio, video, visual_features, speaker_mask, opts, main_hop,
+                  activity_cue, oracle_share):
+    """Visual encoder (from video or its frame features), lip-activity head and
+    fusion: audio (B, T, d) -> fused audio (B, T, d), per-slot streams (B, S, T, d)
+    and aux {alignment, activity_logits}."""
     cfg = self.config
     video_tokens = visual_lib.VisualEncoder(cfg.visual, video_options(cfg, opts),
-                                            name="visual_encoder")(video)
+                                            name="visual_encoder")(video, visual_features)
     # Speech activity read from the lips alone, before any audio is mixed in: the
     # trainer's activity loss gives the visual encoder a direct signal, which breaks
     # the symmetric start where every slot outputs the same mask.

@@ -189,6 +189,11 @@ class MobileFaceNet(nn.Module):
 class VisualEncoder(nn.Module):
   """Mouth ROI video -> per-speaker visual tokens at the video frame rate.
 
+  Two stages: `frame_features` (3D conv stem, MobileFaceNet per frame, projection),
+  where only the stem reads neighbouring frames, then a transformer over each slot's
+  frames. A frozen encoder's frame features can be computed once per utterance and
+  cached (`avsep_jax.data.visual_cache`); `__call__` then takes them instead of video.
+
   Attributes:
     config: `config.model.visual` (stem_channels, stem_kernel, trunk_*, d_model,
       num_layers, num_heads, mlp_dim).
@@ -198,21 +203,47 @@ class VisualEncoder(nn.Module):
   config: Any
   opts: layers.LayerOptions = layers.LayerOptions()
 
-  @nn.compact
-  def __call__(self, video):
-    """(B, S, F, H, W) uint8 (or float in [0, 255]) -> (B, S, F, d_model)."""
+  def setup(self):
     cfg, kw = self.config, self.opts.kw
+    # The 3D stem sees several frames at once: lip motion, not only lip shape.
+    self.stem3d = ConvNormAct(cfg.stem_channels, tuple(cfg.stem_kernel), strides=(1, 2, 2),
+                              causal=self.opts.causal, **kw)
+    self.trunk = MobileFaceNet(cfg.trunk_stem_channels, tuple(map(tuple, cfg.trunk_blocks)),
+                               cfg.trunk_out_channels, cfg.embed_dim, **kw)
+    self.proj = layers.dense(cfg.d_model, (None, layers.EMBED), **kw)
+    self.transformer = transformer.Encoder(cfg.num_layers, cfg.num_heads, cfg.mlp_dim,
+                                           self.opts, cfg.get("positions", True))
+
+  def frame_features(self, video, num_frames=None):
+    """(B, S, F, H, W) uint8 (or float in [0, 255]) -> (B, S, F, d_model) in the
+    compute dtype: each frame's token before the transformer. Frame t reads frames
+    t - kt // 2 .. t + kt // 2 (kt the stem's temporal kernel; t - kt + 1 .. t when
+    causal), zero-padded at the clip's ends.
+
+    `num_frames` (an int array, broadcast over (B, S)): frames from there on are
+    padding, read as the zeros beyond a clip's end, so that the frames before it get
+    what the clip alone would give (a cache encodes clips padded to a few lengths and
+    compiles once per length, not once per clip).
+    """
+    cfg = self.config
     b, s, f, h, w = video.shape
     x = (video.astype(jnp.float32) / 255.0 - _PIXEL_MEAN) / _PIXEL_STD
+    if num_frames is not None:
+      inside = jnp.arange(f) < jnp.asarray(num_frames)[..., None]
+      x = jnp.where(jnp.broadcast_to(inside, (b, s, f))[..., None, None], x, 0.0)
     x = x.reshape(b * s, f, h, w, 1).astype(self.opts.dtype)
-    # The 3D stem sees several frames at once: lip motion, not only lip shape.
-    x = ConvNormAct(cfg.stem_channels, tuple(cfg.stem_kernel), strides=(1, 2, 2),
-                    causal=self.opts.causal, name="stem3d", **kw)(x)
-    x = x.reshape((b * s * f,) + x.shape[2:])
-    x = MobileFaceNet(cfg.trunk_stem_channels, tuple(map(tuple, cfg.trunk_blocks)),
-                      cfg.trunk_out_channels, cfg.embed_dim, name="trunk", **kw)(x)
-    x = x.reshape(b * s, f, cfg.embed_dim)
-    x = layers.dense(cfg.d_model, (None, layers.EMBED), name="proj", **kw)(x)
-    x = transformer.Encoder(cfg.num_layers, cfg.num_heads, cfg.mlp_dim, self.opts,
-                            cfg.get("positions", True), name="transformer")(x)
+    x = self.stem3d(x)
+    x = self.trunk(x.reshape((b * s * f,) + x.shape[2:]))
+    x = self.proj(x.reshape(b * s, f, cfg.embed_dim))
     return x.reshape(b, s, f, cfg.d_model)
+
+  def __call__(self, video=None, frame_features=None):
+    """(B, S, F, H, W) uint8 video, or its (B, S, F, d_model) `frame_features`
+    (any float dtype; cast to the compute dtype) -> (B, S, F, d_model) tokens."""
+    if (video is None) == (frame_features is None):
+      raise ValueError("pass either video or frame_features, not both or neither")
+    if frame_features is None:
+      frame_features = self.frame_features(video)
+    b, s, f, d = frame_features.shape
+    x = self.transformer(frame_features.reshape(b * s, f, d).astype(self.opts.dtype))
+    return x.reshape(b, s, f, d)

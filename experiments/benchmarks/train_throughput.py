@@ -2,14 +2,18 @@ r"""Training throughput per config variant: steps/s, examples/s and, on a GPU, M
 
   python experiments/benchmarks/train_throughput.py --config=configs/2spk.py \
       --variants=smoke,lite [--batch_size=4] [--seconds=2] [--steps=5] \
-      [--speakers=2,3,4,5,6 [--compact]]
+      [--speakers=2,3,4,5,6 [--compact]] [--visual=scratch,frozen,cached]
 
 Times the trainer's own jitted step (`train.make_train_step`, donated state, on the
 config's mesh) on a fixed synthetic batch, so the input pipeline is not measured (see
 input_pipeline.py for it). Prints the median of --steps timed steps after one warm-up
 step. `--speakers` times batches with that many real speakers in the config's slots,
 padded (as a batch of mixed counts runs), or with `--compact` in only that many slots
-(`config.compact_slots`: one count per batch, padded slots dropped). Model FLOPs utilisation = XLA's FLOP count of the step / step time / peak FLOP/s
+(`config.compact_slots`: one count per batch, padded slots dropped). `--visual` times
+the visual encoder learned with the rest ('scratch'), pretrained and frozen (its
+forward pass only, `config.visual_init`), or frozen with its frame features read from
+the cache in place of video ('cached': `avsep_jax.visual_cache`, no visual CNN).
+Model FLOPs utilisation = XLA's FLOP count of the step / step time / peak FLOP/s
 of the device (--peak_tflops, e.g. 989 for H100 bf16 dense); CPUs print none.
 """
 
@@ -37,6 +41,9 @@ _DTYPE = flags.DEFINE_string("dtype", None, "Compute dtype; default: the variant
 _SPEAKERS = flags.DEFINE_list("speakers", None, "Real speakers per batch to time "
                               "(default: every slot filled).")
 _COMPACT = flags.DEFINE_bool("compact", False, "Drop the padded slots (train.compact_slots).")
+_VISUAL = flags.DEFINE_list("visual", ["scratch"], "Visual encoder modes to time: "
+                            "scratch, frozen, cached.")
+VISUAL_MODES = ("scratch", "frozen", "cached")
 
 
 def load_config(path, variant):
@@ -46,8 +53,9 @@ def load_config(path, variant):
   return module.get_config(variant)
 
 
-def synthetic_batch(config, rng, speakers=None):
-  """A batch shaped like the pipeline's, `speakers` real ones (default: all slots)."""
+def synthetic_batch(config, rng, speakers=None, cached=False):
+  """A batch shaped like the pipeline's, `speakers` real ones (default: all slots);
+  with frame features in place of video when `cached`."""
   b, s = config.batch_size, config.model.num_speakers
   n = speakers or s
   frames = int(round(config.segment_seconds * config.model.video_fps))
@@ -55,23 +63,32 @@ def synthetic_batch(config, rng, speakers=None):
   size = config.model.roi_size
   sources = (0.05 * rng.standard_normal((b, s, t))).astype(np.float32)
   sources[:, n:] = 0.0
-  return {
+  if cached:
+    visual = {"visual_features": rng.standard_normal(
+        (b, s, frames, config.model.visual.d_model)).astype(np.float32)}
+  else:
+    visual = {"video": rng.integers(0, 256, (b, s, frames, size, size), dtype=np.uint8)}
+  return visual | {
       "mixture": sources.sum(1),
       "sources": sources,
-      "video": rng.integers(0, 256, (b, s, frames, size, size), dtype=np.uint8),
       "speaker_mask": np.arange(s)[None].repeat(b, 0) < n,
       "av_offset": np.zeros((b, s), np.int32),
       "num_speakers": np.full((b,), n, np.int32),
   }
 
 
-def measure(config, speakers=None, compact=False):
+def measure(config, speakers=None, compact=False, visual="scratch"):
   mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
   rules = tuple(tuple(r) for r in config.logical_axis_rules)
   batch_sharding = parallel.batch_sharding(mesh, rules)
   model = AVSeparator(config.model)
   optimizer, schedule = train.make_optimizer(config)
-  host_batch = synthetic_batch(config, np.random.default_rng(0), speakers)
+  if visual != "scratch":
+    config = config.copy_and_resolve_references()
+    config.visual_init = "timed"  # frozen; create_train_state loads nothing
+    config.visual_learning_rate = 0.0
+  host_batch = synthetic_batch(config, np.random.default_rng(0), speakers,
+                               cached=visual == "cached")
   if compact:
     host_batch = train.compact_slots(host_batch)
   state, _, shardings = train.create_train_state(config, model, optimizer, mesh, rules)
@@ -96,6 +113,9 @@ def main(argv):
   device = jax.devices()[0]
   print(f"device: {device.device_kind} x {jax.device_count()}")
   rows = []
+  unknown = set(_VISUAL.value) - set(VISUAL_MODES)
+  if unknown:
+    raise app.UsageError(f"--visual: {sorted(unknown)} not in {VISUAL_MODES}")
   for variant in _VARIANTS.value:
     config = load_config(_CONFIG.value, variant)
     if _BATCH.value:
@@ -104,20 +124,21 @@ def main(argv):
       config.segment_seconds = _SECONDS.value
     if _DTYPE.value:
       config.model.dtype = _DTYPE.value
-    for speakers in [int(n) for n in _SPEAKERS.value or [0]]:
-      rows.append(_report(config, variant, speakers or None, device))
+    for visual in _VISUAL.value:
+      for speakers in [int(n) for n in _SPEAKERS.value or [0]]:
+        rows.append(_report(config, variant, speakers or None, device, visual))
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(rows, f, indent=1)
 
 
-def _report(config, variant, speakers, device):
+def _report(config, variant, speakers, device, visual):
   """Times one setting, prints its line and returns its JSON row."""
-  seconds, flops = measure(config, speakers, _COMPACT.value)
+  seconds, flops = measure(config, speakers, _COMPACT.value, visual)
   slots = speakers if speakers and _COMPACT.value else config.model.num_speakers
   line = (f"{_CONFIG.value}:{variant}: batch {config.batch_size} x "
           f"{speakers or slots} speakers in {slots} slots x "
-          f"{config.segment_seconds:g} s: "
+          f"{config.segment_seconds:g} s, visual {visual}: "
           f"{1 / seconds:.3f} steps/s, {config.batch_size / seconds:.2f} examples/s, "
           f"{flops / seconds / 1e12:.3f} TFLOP/s")
   mfu = None
@@ -128,6 +149,7 @@ def _report(config, variant, speakers, device):
   return {"config": f"{_CONFIG.value}:{variant}", "batch_size": config.batch_size,
           "speakers": speakers or slots, "slots": slots,
           "segment_seconds": config.segment_seconds, "dtype": config.model.dtype,
+          "visual": visual,
           "step_seconds": seconds,
           "xla_flops_per_step": flops, "tflops": flops / seconds / 1e12,
           "peak_tflops": _PEAK.value, "mfu": mfu, "devices": jax.device_count(),

@@ -109,7 +109,7 @@ def test_a_batch_can_share_one_speaker_count_and_drop_the_other_slots(tiny_data_
   for batch in batches[:6]:
     n = int(batch["num_speakers"][0])
     compact = train.compact_slots(batch)
-    for key in train.SLOT_KEYS:
+    for key in [k for k in train.SLOT_KEYS if k in batch]:  # video or cached features
       assert compact[key].shape[:2] == (BATCH, n)
       np.testing.assert_array_equal(compact[key], batch[key][:, :n])
     assert not batch["speaker_mask"][:, n:].any()
