@@ -254,7 +254,19 @@ def oracle_cue(config, batch):
   diagnostic: separation given a perfect slot cue); else None (the lips' estimate)."""
   if not config.oracle_cue:
     return None
-  return _true_activity(config, batch)
+  activity = _true_activity(config, batch)
+  if config.get("oracle_cue_lagged"):
+    activity = lagged(activity, batch["av_offset"])
+  return activity
+
+
+def lagged(activity, offsets):
+  """(B, S, F) per-video-frame activity as each slot's video shows it, lagging the
+  audio by `offsets` (B, S) frames (SynthAV's convention: frame f shows the audio of
+  frame f - offset); the ends repeat the nearest frame."""
+  frames = activity.shape[-1]
+  index = jnp.clip(jnp.arange(frames) - offsets[..., None], 0, frames - 1)
+  return jnp.take_along_axis(activity, index, axis=-1)
 
 
 def curriculum_cue(config, batch, step, rng):
@@ -463,12 +475,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
 def run_facts(config, data_dir) -> dict:
   """What a score depends on besides the weights, for the evaluation JSON: the cue the
-  slots were given ('lips', 'oracle': the true activity, or 'none' for audio only),
+  slots were given ('lips'; 'oracle': the true activity; 'oracle_lagged': the same as
+  the video shows it, `lagged`; or 'none' for audio only),
   the dataset and its prepared version, and the pretrained encoder, if any."""
   if not config.model.get("use_video", True):
     cue = "none"
   else:
-    cue = "oracle" if config.get("oracle_cue") else "lips"
+    cue = "lips"
+    if config.get("oracle_cue"):
+      cue = "oracle_lagged" if config.get("oracle_cue_lagged") else "oracle"
   return {"cue": cue, "dataset": config.dataset,
           "dataset_version": sources.dataset_version(config.dataset, data_dir),
           "visual_init": config.get("visual_init")}

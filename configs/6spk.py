@@ -63,6 +63,9 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   # Diagnostic, with model.decoder.activity_cue: the decoder's slot cue is the true
   # per-frame activity of each source (train and validation), not the lips' estimate.
   config.oracle_cue = False
+  # Diagnostic, with oracle_cue: the true activity lagged by each slot's audio-video
+  # offset, as the slot's video shows it (what a perfect lip reader could give).
+  config.oracle_cue_lagged = False
   # Curriculum, with model.decoder.activity_cue: each training example uses the true
   # activity as its cue with a probability falling linearly from 1 to 0 over this many
   # steps, the lips' estimate otherwise; validation always uses the lips (0: off).

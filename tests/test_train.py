@@ -35,10 +35,27 @@ def test_run_facts_name_the_cue_and_the_data(tiny_data_dir):
       "visual_init": None}
   config.oracle_cue = True
   assert train.run_facts(config, tiny_data_dir)["cue"] == "oracle"
+  config.oracle_cue_lagged = True
+  assert train.run_facts(config, tiny_data_dir)["cue"] == "oracle_lagged"
   audio_only, _ = separate.load_config(None, str(ROOT / "configs/2spk.py:audio_only"))
   audio_only.dataset = "synthav/nowhere"
   facts = train.run_facts(audio_only, tiny_data_dir)
   assert facts["cue"] == "none" and facts["dataset_version"] is None
+
+
+def test_the_lagged_cue_is_the_activity_as_the_video_shows_it():
+  from avsep_jax import train  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  activity = rng.random((2, 3, 9)).astype(np.float32)
+  offsets = np.array([[2, -2, 0], [1, -1, 0]])
+  got = np.asarray(train.lagged(activity, offsets))
+  for b in range(2):
+    for s in range(3):
+      for f in range(9):  # frame f of a video lagging by k shows audio frame f - k
+        want = activity[b, s, min(max(f - offsets[b, s], 0), 8)]
+        assert got[b, s, f] == want, (b, s, f)
+
+
 # The reference run's schedule: 4 steps, validation and a checkpoint every 2.
 REFERENCE = ("--config.total_steps=4", "--config.eval_every_steps=2",
              "--config.checkpoint_every_steps=2")

@@ -309,6 +309,9 @@ class AVSeparatorTorch(nn.Module):
     self.istfts = nn.ModuleList([ISTFT(*s, causal=causal) for s in self.scales])
     self.audio_encoder = AudioEncoder(cfg.audio, main_n_fft, causal, window)
     self.use_video = bool(cfg.get("use_video", True))
+    if cfg.decoder.get("cue_alignment", "fixed") != "fixed":
+      raise NotImplementedError("the PyTorch mirror routes the activity cue by the "
+                                "frame-rate map only (decoder.cue_alignment='fixed')")
     if self.use_video:
       self.visual_encoder = VisualEncoder(cfg.visual, cfg.roi_size, causal, video_window)
       self.activity_head = nn.Linear(cfg.visual.d_model, 1)

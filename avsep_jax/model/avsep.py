@@ -241,18 +241,27 @@ class AVSeparator(nn.Module):
       if activity_cue is not None:
         share = 1.0 if oracle_share is None else oracle_share[:, None, None]
         cue = share * activity_cue + (1.0 - share) * cue
+      # 'fusion': the cue reaches the audio frames through the fusion's alignment,
+      # which can absorb an audio-video offset; 'fixed': through the frame-rate map.
+      route = weights if cfg.decoder.get("cue_alignment", "fixed") == "fusion" else None
       streams = streams + self._activity_cue(
-          cue, streams.shape, main_hop, opts).astype(streams.dtype)
+          cue, streams.shape, main_hop, opts, route).astype(streams.dtype)
     return audio, streams, {"alignment": weights, "activity_logits": activity}
 
   @nn.nowrap
-  def _activity_cue(self, cue, shape, hop_length, opts):
-    """(B, S, F) activity on video frames -> (B, S, T, d) query offsets."""
-    weights = alignment_lib.video_to_audio_matrix(
-        shape[2], cue.shape[-1], hop_length=hop_length,
-        sample_rate=self.config.sample_rate, fps=self.config.video_fps,
-        causal=self.config.causal)
-    c = jnp.einsum("tf,bsf->bst", jnp.asarray(weights), cue.astype(jnp.float32))[..., None]
+  def _activity_cue(self, cue, shape, hop_length, opts, alignment=None):
+    """(B, S, F) activity on video frames -> (B, S, T, d) query offsets; onto the
+    audio frames by `alignment` (B, S, T, F) when given, else the frame-rate map."""
+    if alignment is None:
+      weights = alignment_lib.video_to_audio_matrix(
+          shape[2], cue.shape[-1], hop_length=hop_length,
+          sample_rate=self.config.sample_rate, fps=self.config.video_fps,
+          causal=self.config.causal)
+      c = jnp.einsum("tf,bsf->bst", jnp.asarray(weights), cue.astype(jnp.float32))
+    else:
+      c = jnp.einsum("bstf,bsf->bst", alignment.astype(jnp.float32),
+                     cue.astype(jnp.float32))
+    c = c[..., None]
     return layers.dense(shape[-1], (None, layers.EMBED), name="activity_cue",
                         **opts.kw)(jnp.concatenate([c, c * c], axis=-1))
 

@@ -53,6 +53,9 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
   # activity_cue: add each slot's per-frame speech activity (the lips' estimate, or a
   # given cue) to its decoder query; the trainer's oracle-cue curriculum
   # (`oracle_cue_steps`) is what lets a fresh model leave the symmetric start.
+  # cue_alignment: how the cue reaches the audio frames: 'fixed' (the frame-rate map)
+  # or 'fusion' (the fusion's alignment, which can absorb an audio-video offset; Flax
+  # only, an experiment).
   # The separator (model.separator): (frame, band) tokens, blocks alternating attention
   # over bands, time and slots, a complex mask per slot. Bands in bins of 31.25 Hz:
   # 2-bin bands up to 1 kHz, then 4, 8 and 16 bins (40 bands, as BS-RoFormer's
@@ -61,7 +64,7 @@ def model_config(variant: str = "full", num_speakers: int = 6) -> ml_collections
   c.decoder = ml_collections.ConfigDict(dict(
       kind="bands", d_model=128, num_heads=8, mlp_dim=512, shared_layers=2,
       num_layers=6, bands=((2, 16), (4, 8), (8, 8), (16, 8)), compress=0.3,
-      mask_hidden=256, positions=True, activity_cue=True))
+      mask_hidden=256, positions=True, activity_cue=True, cue_alignment="fixed"))
   # One scale: a complex mask at the main scale can reach the source; the other
   # scales stay in the multi-resolution STFT loss (config.stft_loss_weight).
   c.stft_scales = (STFT_SCALES[0],)

@@ -53,6 +53,9 @@ def check_streamable(config):
   avsep_lib.check_causal(config)
   if config.dtype != "float32":
     raise ValueError(f"streaming runs in float32, the model computes in {config.dtype}")
+  if config.decoder.get("cue_alignment", "fixed") != "fixed":
+    raise ValueError("streaming routes the activity cue by the frame-rate map: "
+                     "decoder.cue_alignment='fixed'")
   _, _, hop = config.stft_scales[0]
   if config.sample_rate % (hop * config.video_fps):
     raise ValueError("streaming needs a whole number of STFT hops per video frame")

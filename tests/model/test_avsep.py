@@ -252,6 +252,30 @@ def test_activity_cue_reaches_the_decoder_and_defaults_to_the_lips():
 
 
 @pytest.mark.slow
+def test_the_cue_through_the_fusion_alignment():
+  """decoder.cue_alignment='fusion' maps the cue by the fusion's own alignment: with
+  interpolation that is the frame-rate map, so both routes agree; with a shifted cue
+  and soft-DTW they differ (the alignment is learned, not the fixed map)."""
+  mixture, video, mask = make_inputs(1, 2, seed=3)
+  cue = np.zeros((1, 2, FRAMES), np.float32)
+  cue[:, 0, ::2] = 1.0
+  outs = {}
+  for alignment in ("interpolate", "soft_dtw"):
+    for route in ("fixed", "fusion"):
+      config = model_lib.model_config("smoke", num_speakers=2)
+      config.decoder.update(activity_cue=True, cue_alignment=route)
+      config.fusion.alignment = alignment
+      net = model_lib.AVSeparator(config)
+      params = nn.unbox(jax.jit(net.init)(jax.random.key(1), mixture, video, mask))
+      outs[alignment, route], _ = jax.jit(net.apply)(params, mixture, video, mask,
+                                                     activity_cue=cue)
+  np.testing.assert_allclose(np.asarray(outs["interpolate", "fusion"]),
+                             np.asarray(outs["interpolate", "fixed"]), atol=1e-6)
+  assert np.abs(np.asarray(outs["soft_dtw", "fusion"])
+                - np.asarray(outs["soft_dtw", "fixed"])).max() > 1e-5
+
+
+@pytest.mark.slow
 def test_audio_only_baseline_ignores_the_video_and_learns_under_pit():
   import optax
   config = model_lib.model_config("smoke", num_speakers=2)
