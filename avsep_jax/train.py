@@ -33,6 +33,7 @@ from avsep_jax.data import pipeline
 from avsep_jax.data import sources
 from avsep_jax.data.synthav import builder as synthav_builder
 from avsep_jax.model import AVSeparator
+from avsep_jax.model import alignment as alignment_lib
 
 
 @flax.struct.dataclass
@@ -168,9 +169,12 @@ def separation_loss(config, out, aux, batch):
     parts["activity"] = signal.activity_loss(
         aux["activity_logits"],
         signal.activity_targets(batch["sources"], m.sample_rate // m.video_fps))
+  if config.get("alignment_loss_weight"):
+    parts["alignment"] = alignment_loss(config, aux["alignment"], batch["av_offset"])
   pit_weight = config.pit_weight
   weights = {"neg_si_snr": 1.0 - pit_weight, "stft": config.stft_loss_weight,
-             "activity": config.activity_loss_weight, "pit": pit_weight}
+             "activity": config.activity_loss_weight, "pit": pit_weight,
+             "alignment": config.get("alignment_loss_weight", 0.0)}
   count = jnp.maximum(jnp.sum(mask), 1)
   parts = {k: jnp.sum(jnp.where(mask, v, 0.0)) / count for k, v in parts.items()}
   if pit_weight:
@@ -201,6 +205,22 @@ def prepare_visual_cache(config, data_dir, state):
 
 def _split_features(cache, split):
   return None if cache is None else visual_cache.SplitFeatures(*cache, split)
+
+
+def alignment_loss(config, weights, offsets):
+  """(B, S) mean squared distance, in video frames, between the video frame that the
+  fusion's alignment `weights` (B, S, T, F) expects for each audio frame and the one
+  that shows it: the frame-rate map's, moved by the slot's audio-video offset
+  `offsets` (B, S) (frame f shows the audio of frame f - offset; see `lagged`)."""
+  m = config.model
+  t, f = weights.shape[-2:]
+  position = np.arange(f, dtype=np.float32)
+  base = alignment_lib.video_to_audio_matrix(
+      t, f, hop_length=m.stft_scales[0][2], sample_rate=m.sample_rate,
+      fps=m.video_fps) @ position                                     # (T,)
+  target = jnp.clip(base + offsets[..., None], 0, f - 1)              # (B, S, T)
+  expected = jnp.einsum("bstf,f->bst", weights.astype(jnp.float32), position)
+  return jnp.mean((expected - target) ** 2, axis=-1)
 
 
 def train_iterator(config, data_dir, cache=None):

@@ -57,6 +57,9 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   config.stft_loss_weight = 0.1        # multi-resolution STFT loss, added to -SI-SNR
   config.activity_loss_weight = 1.0    # per-frame speech activity from the lips alone
   config.pit_weight = 0.0              # share of -SI-SNR under the best slot assignment
+  # Supervises the fusion's video-to-audio alignment with each slot's known audio-video
+  # offset (SynthAV stores it): squared error in video frames (train.alignment_loss).
+  config.alignment_loss_weight = 0.0
   # The validation metric that picks the best checkpoint ('si_snri_pit': SI-SNRi under
   # the best slot assignment, for models whose slot order is arbitrary).
   config.best_metric = "si_snri"

@@ -56,6 +56,37 @@ def test_the_lagged_cue_is_the_activity_as_the_video_shows_it():
         assert got[b, s, f] == want, (b, s, f)
 
 
+def test_the_alignment_loss_measures_the_distance_to_the_true_lag():
+  from avsep_jax import separate, train  # pylint: disable=g-import-not-at-top
+  from avsep_jax.model import alignment  # pylint: disable=g-import-not-at-top
+  config, _ = separate.load_config(None, str(ROOT / "configs/2spk.py:smoke"))
+  t, f = 64, 16  # 0.64 s
+  m = config.model
+  straight = alignment.video_to_audio_matrix(t, f, hop_length=m.stft_scales[0][2],
+                                             sample_rate=m.sample_rate, fps=m.video_fps)
+  weights = np.broadcast_to(straight, (1, 2, t, f))
+  offsets = np.array([[0, 2]])
+  got = np.asarray(train.alignment_loss(config, weights, offsets))
+  # A plain loop: the expected video frame of each audio frame against the true one.
+  for s, k in enumerate(offsets[0]):
+    errors = []
+    for i in range(t):
+      expected = sum(straight[i, j] * j for j in range(f))
+      errors.append((expected - min(max(expected + k, 0), f - 1)) ** 2)
+    np.testing.assert_allclose(got[0, s], np.mean(errors), rtol=1e-5, atol=1e-6)
+  assert got[0, 0] == 0 and got[0, 1] > 3  # the straight map is 2 frames off slot 1
+  # An alignment that puts each audio frame two video frames later scores (near) 0.
+  moved = np.zeros((t, f), np.float32)
+  for i in range(t):
+    p = min(max(straight[i] @ np.arange(f) + 2, 0), f - 1)
+    lo = int(np.floor(p))
+    hi = min(lo + 1, f - 1)
+    moved[i, lo] += 1 - (p - lo)
+    moved[i, hi] += p - lo
+  right = train.alignment_loss(config, moved[None, None], offsets[:, 1:])
+  assert float(right[0, 0]) < 1e-8
+
+
 # The reference run's schedule: 4 steps, validation and a checkpoint every 2.
 REFERENCE = ("--config.total_steps=4", "--config.eval_every_steps=2",
              "--config.checkpoint_every_steps=2")
